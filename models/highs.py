@@ -1,0 +1,467 @@
+"""Solve the charging MILP with HiGHS (``highspy``): the only module that knows the solver.
+
+Two methods, same matrices (:mod:`models.formulation`), same result type:
+
+``"lp-repair"`` (default)
+    Solve the LP relaxation (its optimum is a valid bound), repair its few currents that sit
+    between 0 and the minimum (:func:`models.repair.repair`), switch on what still fits
+    (:func:`models.repair.greedy_fill`) and re-solve the LP with the on/off pattern fixed
+    (warm-started). If the gap between that incumbent and the bound is within
+    ``mip_rel_gap`` the answer is proven good enough; otherwise HiGHS's branch and bound gets the
+    incumbent as a start and the time that is left.
+``"mip"``
+    The semi-continuous model handed to HiGHS's branch and bound as is.
+
+Outcomes are a :class:`SolveStatus`, never a silent wrong answer: a time-out without any
+incumbent, an infeasible model and a solver failure are their own statuses, and the caller
+chooses the fallback.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+
+from models.compiled import compile_problem
+from models.errors import SolverError
+from models.formulation import Formulation, build_formulation
+from models.problem import Problem
+from models.repair import aux_columns, greedy_fill, repair
+from models.schedule import Schedule
+
+__all__ = [
+    "SolveResult",
+    "SolveStatus",
+    "SolverOptions",
+    "TargetReport",
+    "solve",
+    "solve_formulation",
+    "solve_lp_relaxation",
+]
+
+log = logging.getLogger(__name__)
+
+
+class SolveStatus(enum.Enum):
+    """How a solve ended."""
+
+    OPTIMAL = "optimal"
+    """A schedule within the requested relative gap of the bound."""
+    FEASIBLE = "feasible"
+    """A schedule, but the time limit came before the gap was closed."""
+    NO_SOLUTION = "no_solution"
+    """The time limit came before any schedule was found."""
+    INFEASIBLE = "infeasible"
+    """The model has no solution (cannot happen for a valid problem: all-zero is feasible)."""
+    ERROR = "error"
+    """The solver failed; see ``message``."""
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    """Options of one solve.
+
+    Parameters
+    ----------
+    time_limit_s : float
+        Wall-clock limit of the solve step [s].
+    mip_rel_gap : float
+        Stop when (incumbent - bound) / |incumbent| is at most this.
+    threads : int or None
+        HiGHS threads; ``None`` = HiGHS's default.
+    method : {"lp-repair", "mip"}
+    log_to_console : bool
+        Let HiGHS print its log.
+    """
+
+    time_limit_s: float = 60.0
+    mip_rel_gap: float = 0.01
+    threads: int | None = None
+    method: str = "lp-repair"
+    log_to_console: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in ("lp-repair", "mip"):
+            raise ValueError(f"method: must be 'lp-repair' or 'mip', got {self.method!r}")
+        if not self.time_limit_s > 0:
+            raise ValueError(f"time_limit_s: must be > 0, got {self.time_limit_s}")
+        if not self.mip_rel_gap >= 0:
+            raise ValueError(f"mip_rel_gap: must be >= 0, got {self.mip_rel_gap}")
+
+
+@dataclass(frozen=True)
+class TargetReport:
+    """How the plan stands against a pollution-reduction target.
+
+    ``kind`` is ``"intensity"`` (target and achieved in g/kWh) or ``"budget"`` (in kg);
+    ``excess_kg`` is the emissions above the target [kg]; ``missed`` says whether it is > 0.
+    """
+
+    kind: str
+    target: float
+    achieved: float
+    excess_kg: float
+    missed: bool
+
+
+@dataclass(frozen=True)
+class SolveResult:
+    """Outcome of a solve. ``schedule`` is ``None`` unless the status is OPTIMAL or FEASIBLE.
+
+    Times [s]: ``build_s`` (arrays and matrices), ``handoff_s`` (passing the model to HiGHS),
+    ``solve_s`` (everything HiGHS and the heuristics did), ``total_s`` (their sum).
+    ``objective_eur`` and ``bound_eur`` exclude the constant value of all energy wanted (see
+    :mod:`models.formulation`); ``gap`` is (objective - bound) / max(|objective|, 1e-9).
+    """
+
+    status: SolveStatus
+    schedule: Schedule | None
+    objective_eur: float | None
+    bound_eur: float | None
+    gap: float | None
+    build_s: float
+    handoff_s: float
+    solve_s: float
+    method: str
+    targets: tuple[TargetReport, ...] = ()
+    message: str = ""
+    stages: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_s(self) -> float:
+        return self.build_s + self.handoff_s + self.solve_s
+
+    @property
+    def ok(self) -> bool:
+        return self.status in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE)
+
+    @property
+    def unmet_energy_kwh(self) -> float | None:
+        if self.schedule is None:
+            return None
+        return float(self.schedule.unmet_energy_kwh.sum())
+
+
+def _gap(obj: float, bound: float) -> float:
+    return max(obj - bound, 0.0) / max(abs(obj), 1e-9)
+
+
+def _new_highs(opts: SolverOptions) -> highspy.Highs:
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", bool(opts.log_to_console))
+    h.setOptionValue("mip_rel_gap", float(opts.mip_rel_gap))
+    if opts.threads is not None:
+        h.setOptionValue("threads", int(opts.threads))
+    return h
+
+
+def _pass_model(
+    h: highspy.Highs,
+    form: Formulation,
+    *,
+    semicontinuous: bool,
+    rows: np.ndarray | None = None,
+) -> None:
+    """Hand the model (or only ``rows`` of it) to HiGHS."""
+    a = form.a if rows is None else form.a.tocsr()[rows].tocsc()
+    lp = highspy.HighsLp()
+    lp.num_col_ = form.n_cols
+    lp.num_row_ = a.shape[0]
+    lp.col_cost_ = form.c
+    lp.col_upper_ = form.col_upper
+    lp.row_lower_ = form.row_lower if rows is None else form.row_lower[rows]
+    lp.row_upper_ = form.row_upper if rows is None else form.row_upper[rows]
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = a.indptr
+    lp.a_matrix_.index_ = a.indices
+    lp.a_matrix_.value_ = a.data
+    lower = form.col_lower.copy()
+    if semicontinuous:
+        n_p = form.n_pairs
+        lower[:n_p] = form.semi_lower
+        kinds = [highspy.HighsVarType.kContinuous] * form.n_cols
+        for j in range(n_p):
+            if form.semi_lower[j] > 0:
+                kinds[j] = highspy.HighsVarType.kSemiContinuous
+        lp.integrality_ = kinds
+    lp.col_lower_ = lower
+    status = h.passModel(lp)
+    if status == highspy.HighsStatus.kError:
+        raise SolverError("HiGHS refused the model")
+
+
+def _run(h: highspy.Highs, time_left_s: float) -> highspy.HighsModelStatus:
+    h.setOptionValue("time_limit", max(float(time_left_s), 1e-3))
+    h.run()
+    return h.getModelStatus()
+
+
+def _target_reports(form: Formulation, x_pairs: np.ndarray) -> tuple[TargetReport, ...]:
+    prob = form.compiled.problem
+    target = prob.target
+    co2 = prob.signals.co2_g_per_kwh
+    if target is None or co2 is None:
+        return ()
+    c = form.compiled
+    energy = c.pair_kwh_per_a * x_pairs
+    total_kwh = float(energy.sum())
+    emitted_kg = float((co2[c.pair_k] * energy).sum() / 1000.0)
+    out = []
+    if target.max_intensity_g_per_kwh is not None:
+        cap = target.max_intensity_g_per_kwh
+        achieved = emitted_kg * 1000.0 / total_kwh if total_kwh > 0 else 0.0
+        excess = max(emitted_kg - cap * total_kwh / 1000.0, 0.0)
+        out.append(TargetReport("intensity", cap, achieved, excess, excess > 1e-6))
+    if target.budget_kg is not None:
+        excess = max(emitted_kg - target.budget_kg, 0.0)
+        out.append(TargetReport("budget", target.budget_kg, emitted_kg, excess, excess > 1e-6))
+    return tuple(out)
+
+
+def _schedule(form: Formulation, x_pairs: np.ndarray, policy: str) -> Schedule:
+    c = form.compiled
+    x = np.where(x_pairs < 1e-6, 0.0, x_pairs)
+    # Snap values a solver tolerance away from their bounds onto them.
+    lo = form.semi_lower
+    x = np.where((x > 0) & (x < lo), lo, x)
+    x = np.minimum(x, form.col_upper[: form.n_pairs])
+    cur = np.zeros((c.n_sessions, c.n_steps))
+    cur[c.pair_s, c.pair_k] = x
+    return Schedule(c.problem, cur, policy=policy)
+
+
+class _LazyLP:
+    """The LP relaxation in HiGHS with limit rows added only once they are violated.
+
+    Most node limits never bind (a cable rarely fills up); leaving them out until the solution
+    breaks one keeps the LP small. Each round adds every violated row and re-solves from the
+    previous basis; the loop ends when none is violated, so the optimum is the full LP's.
+    """
+
+    def __init__(self, form: Formulation, opts: SolverOptions) -> None:
+        self.form = form
+        names = np.array(form.row_names)
+        lazy = names == "limit"
+        self.h = _new_highs(opts)
+        self.in_model = ~lazy
+        self.a_csr = form.a.tocsr()
+        _pass_model(self.h, form, semicontinuous=False, rows=np.nonzero(self.in_model)[0])
+        self.rounds = 0
+
+    def run(self, deadline: float) -> tuple[highspy.HighsModelStatus, np.ndarray | None]:
+        form = self.form
+        while True:
+            st = _run(self.h, deadline - time.perf_counter())
+            self.rounds += 1
+            if st != highspy.HighsModelStatus.kOptimal:
+                return st, None
+            x = np.asarray(self.h.getSolution().col_value)
+            out = np.nonzero(~self.in_model)[0]
+            act = self.a_csr[out] @ x
+            bad = out[(act > form.row_upper[out] + 1e-7) | (act < form.row_lower[out] - 1e-7)]
+            if bad.size == 0:
+                return st, x
+            sub = self.a_csr[bad]
+            self.h.addRows(
+                bad.size,
+                form.row_lower[bad],
+                form.row_upper[bad],
+                sub.nnz,
+                sub.indptr[:-1].astype(np.int32),
+                sub.indices.astype(np.int32),
+                sub.data,
+            )
+            self.in_model[bad] = True
+
+    @property
+    def objective(self) -> float:
+        return float(self.h.getInfo().objective_function_value)
+
+
+def solve_lp_relaxation(problem: Problem, options: SolverOptions | None = None) -> SolveResult:
+    """The LP relaxation (minimum current not enforced): a bound, and its fractional plan."""
+    opts = options or SolverOptions()
+    t0 = time.perf_counter()
+    form = build_formulation(compile_problem(problem))
+    t1 = time.perf_counter()
+    lp = _LazyLP(form, opts)
+    t2 = time.perf_counter()
+    st, x = lp.run(t2 + opts.time_limit_s)
+    t3 = time.perf_counter()
+    if x is None:
+        return SolveResult(
+            _status_of(st, has_solution=False), None, None, None, None, t1 - t0, t2 - t1,
+            t3 - t2, "lp", message=lp.h.modelStatusToString(st),
+        )  # fmt: skip
+    obj = lp.objective
+    cur = np.zeros((form.compiled.n_sessions, form.compiled.n_steps))
+    cur[form.compiled.pair_s, form.compiled.pair_k] = x[: form.n_pairs]
+    return SolveResult(
+        SolveStatus.OPTIMAL,
+        Schedule(problem, cur, policy="lp-relaxation"),
+        obj,
+        obj,
+        0.0,
+        t1 - t0,
+        t2 - t1,
+        t3 - t2,
+        "lp",
+        stages={"rounds": lp.rounds},
+    )
+
+
+def _status_of(st: highspy.HighsModelStatus, *, has_solution: bool) -> SolveStatus:
+    m = highspy.HighsModelStatus
+    if st == m.kOptimal:
+        return SolveStatus.OPTIMAL
+    if st in (m.kInfeasible, m.kUnboundedOrInfeasible):
+        return SolveStatus.INFEASIBLE
+    if st in (m.kTimeLimit, m.kIterationLimit, m.kInterrupt, m.kSolutionLimit):
+        return SolveStatus.FEASIBLE if has_solution else SolveStatus.NO_SOLUTION
+    return SolveStatus.ERROR
+
+
+def solve(problem: Problem, options: SolverOptions | None = None) -> SolveResult:
+    """Plan ``problem``: build its matrices, hand them to HiGHS, solve, and extract a schedule."""
+    t0 = time.perf_counter()
+    form = build_formulation(compile_problem(problem))
+    build_s = time.perf_counter() - t0
+    return solve_formulation(form, options, build_s=build_s)
+
+
+def solve_formulation(
+    form: Formulation, options: SolverOptions | None = None, *, build_s: float = 0.0
+) -> SolveResult:
+    """Solve already-built matrices (see :func:`solve`)."""
+    opts = options or SolverOptions()
+    if opts.method == "mip":
+        return _solve_mip(form, opts, build_s)
+    return _solve_lp_repair(form, opts, build_s)
+
+
+def _solve_mip(form: Formulation, opts: SolverOptions, build_s: float) -> SolveResult:
+    t1 = time.perf_counter()
+    h = _new_highs(opts)
+    _pass_model(h, form, semicontinuous=True)
+    t2 = time.perf_counter()
+    st = _run(h, opts.time_limit_s)
+    t3 = time.perf_counter()
+    info = h.getInfo()
+    has = info.primal_solution_status == 2  # kSolutionStatusFeasible
+    status = _status_of(st, has_solution=has)
+    if status == SolveStatus.OPTIMAL and not has:
+        status = SolveStatus.ERROR
+    if status not in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
+        return SolveResult(
+            status, None, None, None, None, build_s, t2 - t1, t3 - t2, "mip",
+            message=h.modelStatusToString(st),
+        )  # fmt: skip
+    x = np.asarray(h.getSolution().col_value)[: form.n_pairs]
+    obj = float(info.objective_function_value)
+    bound = float(info.mip_dual_bound)
+    gap = _gap(obj, bound)
+    if status == SolveStatus.OPTIMAL and gap > opts.mip_rel_gap + 1e-9:
+        status = SolveStatus.FEASIBLE
+    return SolveResult(
+        status, _schedule(form, x, "milp"), obj, bound, gap, build_s, t2 - t1, t3 - t2, "mip",
+        targets=_target_reports(form, x),
+    )  # fmt: skip
+
+
+def _solve_lp_repair(form: Formulation, opts: SolverOptions, build_s: float) -> SolveResult:
+    stages: dict[str, float] = {}
+    t1 = time.perf_counter()
+    lp = _LazyLP(form, opts)
+    t2 = time.perf_counter()
+    handoff_s = t2 - t1
+    deadline = t2 + opts.time_limit_s
+
+    def left() -> float:
+        return deadline - time.perf_counter()
+
+    def done(status, x, obj, bound, message="") -> SolveResult:
+        sched = None if x is None else _schedule(form, x, "milp")
+        gap = None if obj is None or bound is None else _gap(obj, bound)
+        targets = () if x is None else _target_reports(form, x)
+        return SolveResult(
+            status, sched, obj, bound, gap, build_s, handoff_s, time.perf_counter() - t2,
+            "lp-repair", targets=targets, message=message, stages=stages,
+        )  # fmt: skip
+
+    n_p = form.n_pairs
+    if n_p == 0:
+        x_full = aux_columns(form, np.zeros(0))
+        obj = float(form.c @ x_full)
+        return done(SolveStatus.OPTIMAL, np.zeros(0), obj, obj)
+
+    st, x_all = lp.run(deadline)
+    stages["lp_s"] = time.perf_counter() - t2
+    stages["lp_rounds"] = lp.rounds
+    if x_all is None:
+        status = _status_of(st, has_solution=False)
+        return done(status, None, None, None, f"LP relaxation: {lp.h.modelStatusToString(st)}")
+    bound = lp.objective
+    x_lp = x_all[:n_p]
+
+    tr = time.perf_counter()
+    x = greedy_fill(form, repair(form, x_lp))
+    stages["repair_s"] = time.perf_counter() - tr
+
+    # Polish: the on/off pattern fixed, every amount re-optimised from the LP's basis.
+    x, obj = _polish(lp, form, x, deadline)
+    stages["polish_s"] = time.perf_counter() - tr - stages["repair_s"]
+    gap = _gap(obj, bound)
+    log.debug("lp-repair: bound %.6g incumbent %.6g gap %.3g", bound, obj, gap)
+    if gap <= opts.mip_rel_gap or left() <= 0.05:
+        status = SolveStatus.OPTIMAL if gap <= opts.mip_rel_gap else SolveStatus.FEASIBLE
+        return done(status, x, obj, bound)
+
+    # Not good enough: branch and bound from this incumbent with the time that is left.
+    tm = time.perf_counter()
+    hm = _new_highs(opts)
+    _pass_model(hm, form, semicontinuous=True)
+    start = highspy.HighsSolution()
+    start.col_value = aux_columns(form, x)
+    start.value_valid = True
+    hm.setSolution(start)
+    st = _run(hm, left())
+    stages["mip_s"] = time.perf_counter() - tm
+    info = hm.getInfo()
+    if info.primal_solution_status == 2:
+        mip_obj = float(info.objective_function_value)
+        mip_bound = float(info.mip_dual_bound)
+        if np.isfinite(mip_bound):
+            bound = max(bound, mip_bound)
+        if mip_obj < obj:
+            obj = mip_obj
+            x = np.asarray(hm.getSolution().col_value)[:n_p]
+    gap = _gap(obj, bound)
+    status = SolveStatus.OPTIMAL if gap <= opts.mip_rel_gap + 1e-12 else SolveStatus.FEASIBLE
+    return done(status, x, obj, bound)
+
+
+def _polish(lp: _LazyLP, form: Formulation, x: np.ndarray, deadline: float) -> tuple[np.ndarray, float]:
+    """Re-solve the LP with pairs that are on held in [min, ub] and the others at 0."""
+    n_p = form.n_pairs
+    on = x > 1e-9
+    idx = np.arange(n_p, dtype=np.int32)
+    lower = np.where(on, form.semi_lower, 0.0)
+    upper = np.where(on, form.col_upper[:n_p], 0.0)
+    lp.h.changeColsBounds(n_p, idx, lower, upper)
+    x_full = aux_columns(form, x)
+    fallback = float(form.c @ x_full)
+    if deadline - time.perf_counter() <= 0.05:
+        return x, fallback
+    st, x_new = lp.run(deadline)
+    if x_new is None:
+        log.warning("polishing LP ended %s; keeping the repaired plan", lp.h.modelStatusToString(st))
+        return x, fallback
+    obj = lp.objective
+    if obj > fallback:
+        return x, fallback
+    return x_new[:n_p].copy(), obj
