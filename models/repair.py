@@ -2,7 +2,16 @@
 
 The LP relaxation of the charging MILP is nearly integral: at a vertex, almost every current is 0
 or at least the minimum; the few in between sit on binding rows (a session's last bit of
-energy, a limit's last amperes). For each such pair we try, in order,
+energy, a limit's last amperes). Two ways to settle them:
+
+:func:`round_pattern` only decides *which* pairs are on: every pair the LP has at or above its
+minimum, plus each fractional pair whose minimum still fits on every row when all pairs that are
+on draw just their minimum. The amounts are then left to an LP over that on/off pattern (the
+"polish" in :mod:`models.highs`), which can move current between sessions on a tight cable to
+make room. All-minimum is a feasible point of that LP for every one-sided row, so it is feasible
+unless an unbalance row (two-sided) objects; then :func:`repair` is the fallback.
+
+:func:`repair` works on the amounts directly. For each fractional pair it tries, in order,
 
 1. *round up* to the minimum, taking the extra energy from another step of the same session
    when its energy row is tight;
@@ -24,7 +33,7 @@ import numpy as np
 
 from models.formulation import Formulation
 
-__all__ = ["aux_columns", "greedy_fill", "hard_row_mask", "repair"]
+__all__ = ["aux_columns", "greedy_fill", "hard_row_mask", "repair", "round_pattern"]
 
 _EPS = 1e-7
 _SOFT = {"peak", "fairness", "intensity", "budget"}
@@ -33,6 +42,30 @@ _SOFT = {"peak", "fairness", "intensity", "budget"}
 def hard_row_mask(form: Formulation) -> np.ndarray:
     """(rows,) True for rows the pair currents alone must satisfy."""
     return np.array([name not in _SOFT for name in form.row_names], dtype=bool)
+
+
+def round_pattern(form: Formulation, x_pairs: np.ndarray) -> np.ndarray:
+    """(P,) bool: pairs to switch on, from an LP solution (see the module docstring).
+
+    Fractional pairs are taken largest fraction of the minimum first; a pair is switched on when,
+    with every pair on at its minimum, no one-sided hard row (energy, limits) would overflow.
+    """
+    n_p = form.n_pairs
+    semi = form.semi_lower
+    a = form.a[:, :n_p].tocsc()
+    one_sided = hard_row_mask(form) & np.isneginf(form.row_lower)
+    upper = np.where(one_sided, form.row_upper, np.inf)
+    on = x_pairs >= semi - _EPS
+    min_load = a @ np.where(on, semi, 0.0)
+    frac = np.nonzero((x_pairs > _EPS) & ~on)[0]
+    frac = frac[np.argsort(-x_pairs[frac] / np.maximum(semi[frac], _EPS), kind="stable")]
+    for j in frac:
+        lo, hi = a.indptr[j], a.indptr[j + 1]
+        rows, vals = a.indices[lo:hi], a.data[lo:hi]
+        if np.all(min_load[rows] + vals * semi[j] <= upper[rows] + 1e-9):
+            min_load[rows] += vals * semi[j]
+            on[j] = True
+    return on
 
 
 class _State:
