@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(BIN)/noxblock demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check models scheduler ocpp_gateway tests bench
-	$(BIN)/ruff format --check models scheduler ocpp_gateway tests bench
+	$(BIN)/ruff check models scheduler ocpp_gateway noxblock tests bench
+	$(BIN)/ruff format --check models scheduler ocpp_gateway noxblock tests bench
 
 test: lint
 	$(BIN)/python -m pytest -q

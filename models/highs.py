@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -153,8 +155,29 @@ def _gap(obj: float, bound: float) -> float:
     return max(obj - bound, 0.0) / max(abs(obj), 1e-9)
 
 
+_banner_shown = False
+
+
+def _construct() -> highspy.Highs:
+    """A new ``Highs``; the first one of the process prints a banner to fd 1, which we swallow
+    (it would otherwise land in the middle of a CLI's table or CSV output)."""
+    global _banner_shown
+    if _banner_shown:
+        return highspy.Highs()
+    _banner_shown = True
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            return highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _new_highs(opts: SolverOptions) -> highspy.Highs:
-    h = highspy.Highs()
+    h = _construct()
     h.setOptionValue("output_flag", bool(opts.log_to_console))
     h.setOptionValue("mip_rel_gap", float(opts.mip_rel_gap))
     if opts.threads is not None:

@@ -63,7 +63,7 @@ def lamppost_district(
     cables_per_feeder: int = 4,
     cable_limit_a: float = 63.0,
     feeder_limit_a: float = 160.0,
-    site_share: float = 0.3,
+    site_share: float = 0.2,
     one_phase_share: float = 0.2,
     with_signals: bool = True,
 ) -> Problem:
