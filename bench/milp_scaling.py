@@ -25,17 +25,18 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
 
 import highspy
+from models.pyomo_model import solve_plain
 
 from models import SolverOptions, lamppost_district, solve
 from models.compiled import compile_problem
 from models.formulation import build_formulation
 from models.highs import _new_highs, _pass_model
-from models.pyomo_model import solve_plain
 
 
 def full_lp_seconds(problem, threads: int | None) -> float:
@@ -62,11 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    print(f"# python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} cores")
     print(
-        f"# python {platform.python_version()}, highspy {highspy.__version__ if hasattr(highspy, '__version__') else '?'}"
+        f"{'sessions':>8} {'pairs':>7} {'build_s':>8} {'handoff_s':>9} {'solve_s':>8} {'total_s':>8} "
+        f"{'gap':>9} {'plain_s':>8} {'plain_gap':>9} {'lp_s':>6}"
     )
-    header = f"{'sessions':>8} {'pairs':>7} {'build_s':>8} {'handoff_s':>9} {'solve_s':>8} {'total_s':>8} {'gap':>9} {'plain_s':>8} {'plain_gap':>9} {'lp_s':>6}"
-    print(header)
     results = []
     for n in args.sizes:
         problem = lamppost_district(n, seed=args.seed)
