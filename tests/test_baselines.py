@@ -447,4 +447,8 @@ def test_lamppost_district_smoke() -> None:
     for policy in CONTROLLED:
         schedule = policy(problem)
         assert check_schedule(schedule) == []
-        assert 0 < schedule.total_energy_kwh <= free.total_energy_kwh + 1e-6
+        # Uncontrolled can strand a last remainder below the 6 A minimum that a slower policy
+        # delivers (see test_uncontrolled_can_deliver_less_because_of_the_minimum_rule).
+        c = compile_problem(problem)
+        slack_kwh = float((c.min_current_a * c.kwh_per_a.max(axis=1)).sum())
+        assert 0 < schedule.total_energy_kwh <= free.total_energy_kwh + slack_kwh
