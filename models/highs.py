@@ -248,13 +248,36 @@ def _target_reports(form: Formulation, x_pairs: np.ndarray) -> tuple[TargetRepor
     return tuple(out)
 
 
-def _schedule(form: Formulation, x_pairs: np.ndarray, policy: str) -> Schedule:
-    c = form.compiled
-    x = np.where(x_pairs < 1e-6, 0.0, x_pairs)
-    # Snap values a solver tolerance away from their bounds onto them.
+def _clean(form: Formulation, x_pairs: np.ndarray) -> np.ndarray:
+    """Pair currents with solver noise removed: below 1e-9 A is 0, a hair under the minimum is
+    the minimum, nothing above the bound."""
+    x = np.where(x_pairs < 1e-9, 0.0, np.asarray(x_pairs, dtype=float))
     lo = form.semi_lower
     x = np.where((x > 0) & (x < lo), lo, x)
-    x = np.minimum(x, form.col_upper[: form.n_pairs])
+    return np.minimum(x, form.col_upper[: form.n_pairs])
+
+
+def _evaluate(form: Formulation, x_pairs: np.ndarray) -> tuple[float, bool]:
+    """Objective of a cleaned plan (auxiliary columns at their best) and whether it is feasible.
+
+    Every answer is scored here rather than trusting a solver's own report (HiGHS 1.16 can
+    mis-score a MIP start in its presolved space)."""
+    x_full = aux_columns(form, x_pairs)
+    act = form.a @ x_full
+    scale = 1e-6 * np.maximum(1.0, np.abs(act))
+    ok = bool(
+        np.all(act <= form.row_upper + scale)
+        and np.all(act >= form.row_lower - scale)
+        and np.all(x_full <= form.col_upper + 1e-9)
+    )
+    on = x_pairs > 0
+    ok = ok and bool(np.all(x_pairs[on] >= form.semi_lower[on] - 1e-9))
+    return float(form.c @ x_full), ok
+
+
+def _schedule(form: Formulation, x_pairs: np.ndarray, policy: str) -> Schedule:
+    c = form.compiled
+    x = x_pairs
     cur = np.zeros((c.n_sessions, c.n_steps))
     cur[c.pair_s, c.pair_k] = x
     return Schedule(c.problem, cur, policy=policy)
@@ -314,6 +337,12 @@ def solve_lp_relaxation(problem: Problem, options: SolverOptions | None = None) 
     t0 = time.perf_counter()
     form = build_formulation(compile_problem(problem))
     t1 = time.perf_counter()
+    if form.n_pairs == 0:  # nothing can charge
+        obj, _ = _evaluate(form, np.zeros(0))
+        return SolveResult(
+            SolveStatus.OPTIMAL, _schedule(form, np.zeros(0), "lp-relaxation"), obj, obj, 0.0,
+            t1 - t0, 0.0, 0.0, "lp",
+        )  # fmt: skip
     lp = _LazyLP(form, opts)
     t2 = time.perf_counter()
     st, x = lp.run(t2 + opts.time_limit_s)
@@ -370,6 +399,12 @@ def solve_formulation(
 
 
 def _solve_mip(form: Formulation, opts: SolverOptions, build_s: float) -> SolveResult:
+    if form.n_pairs == 0:  # nothing can charge; HiGHS would call the model "empty"
+        x = np.zeros(0)
+        obj, _ = _evaluate(form, x)
+        return SolveResult(
+            SolveStatus.OPTIMAL, _schedule(form, x, "milp"), obj, obj, 0.0, build_s, 0.0, 0.0, "mip"
+        )
     t1 = time.perf_counter()
     h = _new_highs(opts)
     _pass_model(h, form, semicontinuous=True)
@@ -386,10 +421,19 @@ def _solve_mip(form: Formulation, opts: SolverOptions, build_s: float) -> SolveR
             status, None, None, None, None, build_s, t2 - t1, t3 - t2, "mip",
             message=h.modelStatusToString(st),
         )  # fmt: skip
-    x = np.asarray(h.getSolution().col_value)[: form.n_pairs]
-    obj = float(info.objective_function_value)
-    bound = float(info.mip_dual_bound)
-    gap = _gap(obj, bound)
+    x = _clean(form, np.asarray(h.getSolution().col_value)[: form.n_pairs])
+    obj, feasible = _evaluate(form, x)
+    if not feasible:
+        return SolveResult(
+            SolveStatus.ERROR, None, None, None, None, build_s, t2 - t1, t3 - t2, "mip",
+            message="HiGHS returned a plan that breaks a row",
+        )  # fmt: skip
+    has_integers = bool(np.any(form.semi_lower > 0))
+    # Without semi-continuous columns HiGHS solves an LP and leaves the MIP bound unset.
+    bound = float(info.mip_dual_bound) if has_integers else float(info.objective_function_value)
+    if not np.isfinite(bound) or bound > obj:
+        bound = min(bound, obj) if np.isfinite(bound) else -np.inf
+    gap = _gap(obj, bound) if np.isfinite(bound) else float("inf")
     if status == SolveStatus.OPTIMAL and gap > opts.mip_rel_gap + 1e-9:
         status = SolveStatus.FEASIBLE
     return SolveResult(
@@ -410,6 +454,12 @@ def _solve_lp_repair(form: Formulation, opts: SolverOptions, build_s: float) -> 
         return deadline - time.perf_counter()
 
     def done(status, x, obj, bound, message="") -> SolveResult:
+        if x is not None:
+            x = _clean(form, x)
+            obj, _ = _evaluate(form, x)
+            bound = min(bound, obj)
+            if _gap(obj, bound) > opts.mip_rel_gap + 1e-12 and status == SolveStatus.OPTIMAL:
+                status = SolveStatus.FEASIBLE
         sched = None if x is None else _schedule(form, x, "milp")
         gap = None if obj is None or bound is None else _gap(obj, bound)
         targets = () if x is None else _target_reports(form, x)
@@ -454,25 +504,24 @@ def _solve_lp_repair(form: Formulation, opts: SolverOptions, build_s: float) -> 
         status = SolveStatus.OPTIMAL if gap <= opts.mip_rel_gap else SolveStatus.FEASIBLE
         return done(status, x, obj, bound)
 
-    # Not good enough: branch and bound from this incumbent with the time that is left.
+    # Not good enough: branch and bound with the time that is left. Our incumbent is kept
+    # aside rather than passed as a start: HiGHS 1.16 can mis-score a start in its presolved
+    # space and stop on it; every answer is re-scored by _evaluate.
+    x, obj = _clean(form, x), _evaluate(form, _clean(form, x))[0]
     tm = time.perf_counter()
     hm = _new_highs(opts)
     _pass_model(hm, form, semicontinuous=True)
-    start = highspy.HighsSolution()
-    start.col_value = aux_columns(form, x)
-    start.value_valid = True
-    hm.setSolution(start)
     st = _run(hm, left())
     stages["mip_s"] = time.perf_counter() - tm
     info = hm.getInfo()
     if info.primal_solution_status == 2:
-        mip_obj = float(info.objective_function_value)
+        x_mip = _clean(form, np.asarray(hm.getSolution().col_value)[:n_p])
+        mip_obj, feasible = _evaluate(form, x_mip)
+        if feasible and mip_obj < obj:
+            obj, x = mip_obj, x_mip
         mip_bound = float(info.mip_dual_bound)
-        if np.isfinite(mip_bound):
+        if np.isfinite(mip_bound) and mip_bound <= obj + 1e-9 * max(1.0, abs(obj)):
             bound = max(bound, mip_bound)
-        if mip_obj < obj:
-            obj = mip_obj
-            x = np.asarray(hm.getSolution().col_value)[:n_p]
     gap = _gap(obj, bound)
     status = SolveStatus.OPTIMAL if gap <= opts.mip_rel_gap + 1e-12 else SolveStatus.FEASIBLE
     return done(status, x, obj, bound)

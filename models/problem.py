@@ -227,7 +227,7 @@ class Site:
                 raise ProblemError(f"charge_points[{cp.id}].id", "duplicate charge point id")
             cp_ids.add(cp.id)
             if cp.node_id not in ids:
-                raise ProblemError(f"charge_points[{cp.id}].group", f"unknown group {cp.node_id!r}")
+                raise ProblemError(f"charge_points[{cp.id}].node_id", f"unknown group {cp.node_id!r}")
 
     @property
     def nodes(self) -> tuple[Node, ...]:

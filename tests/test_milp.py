@@ -581,12 +581,6 @@ def _energy_below_minimum() -> Problem:
     return make_problem(16.0, [ChargePoint("a")], [ev(0, "a", 0, 2, 3.0)], n_steps=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: method='mip' returns SolveStatus.ERROR (message 'Empty') when the model has no "
-    "pair (no sessions, or none that can charge); expected OPTIMAL with an all-zero schedule and "
-    "objective 0, as lp-repair returns",
-)
 @pytest.mark.parametrize(
     "build",
     [_no_sessions, _energy_below_minimum, base_load_above_every_limit],
@@ -602,12 +596,6 @@ def test_mip_without_pairs_is_optimal_zero(build) -> None:
     assert result.objective_eur == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: method='mip' on a model without semi-continuous columns (every min_current_a 0) "
-    "reports bound_eur = 0.0, above the objective: HiGHS solves it as an LP and "
-    "info.mip_dual_bound is not set; the gap formula clips the negative gap to 0",
-)
 def test_mip_bound_without_minimum_current() -> None:
     # 5 kWh = 7.246 A in hour 0: objective -2 * 5 + 1e-4 * 0.5 * 5 = -9.99975.
     problem = make_problem(16.0, [ChargePoint("a", min_current_a=0.0)], [ev(0, "a", 0, 2, 5.0)], n_steps=2)
@@ -617,12 +605,6 @@ def test_mip_bound_without_minimum_current() -> None:
     assert result.bound_eur <= result.objective_eur + 1e-9
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with fairness on, a session with a micro request (6e-8 kWh, min_current_a 0) gets "
-    "share * request from the LP, a current below 1e-6 A that _schedule snaps to 0: objective_eur "
-    "counts a smallest share of 0.0575, the returned schedule's smallest share is 0",
-)
 def test_fairness_with_a_micro_request() -> None:
     # Site 1 A, one 1-phase 15-minute step: ev0 (1 kWh) can get 1 A = 0.0575 kWh, share 0.0575.
     # ev1 wants 6e-8 kWh; the fairness row needs only 0.0575 * 6e-8 kWh = 6e-8 A from it.
@@ -651,15 +633,6 @@ def _start_bug_problem(min_a: float) -> Problem:
     return Problem(site=Site("s", 230.0, 12.0, charge_points=points), grid=grid, sessions=sessions)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: lp-repair's branch-and-bound fallback trusts HiGHS's objective, bound and solution "
-    "after setSolution(): HiGHS 1.16 maps the start into its presolved space with a wrong "
-    "objective (log: 'MIP start solution is feasible in the reduced space: objective value is "
-    "-5.52', vs -3.45 in the original space), takes it as incumbent and stops; lp-repair returns "
-    "that start as OPTIMAL with gap 0 and objective -5.52 while the schedule is worth -3.45 "
-    "(1.725 kWh; optimum -5.29 = 2.645 kWh; EDF delivers 2.38 kWh)",
-)
 @pytest.mark.parametrize(
     ("min_a", "optimum_kwh"),
     [(6.0, 2.645), (0.0, 2.725)],
@@ -731,7 +704,6 @@ def problems(draw: st.DrawFn, *, dense: bool = False) -> Problem:
                 draw(st.sampled_from(points)).id,
                 T0 + timedelta(hours=arrive_h),
                 T0 + timedelta(hours=arrive_h + stay_h),
-                # Not a few micro-kWh: see test_fairness_with_a_micro_request (xfail, BUG).
                 draw(
                     st.one_of(st.floats(0.01, 30.0), st.floats(0.5, 30.0), st.floats(1.0, 20.0), st.just(0.0))
                 ),
@@ -796,15 +768,7 @@ def _check_solve(problem: Problem, result: SolveResult, options: SolverOptions) 
     tol = 1e-6 * max(1.0, abs(obj))
     # The reported objective is the schedule's, and a feasible point of the matrices.
     actual = formulation_objective(schedule)
-    if options.method == "lp-repair" and "mip_s" in result.stages and abs(actual - obj) > tol:
-        # HiGHS took the start solution with a wrong objective: see
-        # test_lp_repair_fallback_with_a_start_solution (xfail, BUG). The schedule itself is
-        # feasible (checked above); its objective and bound are not to be trusted.
-        return False
     assert actual == pytest.approx(obj, rel=1e-6, abs=1e-6)
-    semicontinuous = bool((build_formulation(c).semi_lower > 0).any())
-    if options.method == "mip" and not semicontinuous:
-        return False  # bound not valid: see test_mip_bound_without_minimum_current (xfail, BUG)
     assert bound <= obj + tol
     assert obj - bound <= result.gap * max(abs(obj), 1e-9) + tol
     if result.status == SolveStatus.OPTIMAL:
@@ -832,8 +796,6 @@ def _check_both(problem: Problem) -> None:
     results: dict[str, SolveResult] = {}
     trusted: dict[str, bool] = {}
     for name, options in METHODS.items():
-        if name == "mip" and c.n_pairs == 0:
-            continue  # ERROR on an empty model: see test_mip_without_pairs_is_optimal_zero (xfail, BUG)
         results[name] = solve(problem, options)
         trusted[name] = _check_solve(problem, results[name], options)
     if len(results) == 2 and all(trusted.values()):

@@ -198,11 +198,6 @@ def test_unknown_group_of_a_charge_point_is_refused() -> None:
     assert "nowhere" in e.value.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an unknown ChargePoint.node_id is reported as field 'charge_points[a].group', "
-    "a field that does not exist; the attribute is node_id",
-)
 def test_unknown_group_names_the_node_id_field() -> None:
     with pytest.raises(ProblemError) as e:
         site(charge_points=(ChargePoint("a", node_id="nowhere"),))
