@@ -31,12 +31,12 @@ import sys
 import time
 
 import highspy
-from models.pyomo_model import solve_plain
 
 from models import SolverOptions, lamppost_district, solve
 from models.compiled import compile_problem
 from models.formulation import build_formulation
 from models.highs import _new_highs, _pass_model
+from models.pyomo_model import solve_plain
 
 
 def full_lp_seconds(problem, threads: int | None) -> float:
