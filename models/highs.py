@@ -277,9 +277,8 @@ def _evaluate(form: Formulation, x_pairs: np.ndarray) -> tuple[float, bool]:
 
 def _schedule(form: Formulation, x_pairs: np.ndarray, policy: str) -> Schedule:
     c = form.compiled
-    x = x_pairs
     cur = np.zeros((c.n_sessions, c.n_steps))
-    cur[c.pair_s, c.pair_k] = x
+    cur[c.pair_s, c.pair_k] = x_pairs
     return Schedule(c.problem, cur, policy=policy)
 
 

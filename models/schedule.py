@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
-from models.compiled import TOL_A, Compiled, compile_problem
+from models.compiled import Compiled, compile_problem
 from models.problem import PHASES, Problem
 
 __all__ = ["Schedule", "Violation", "check_schedule"]
@@ -149,6 +149,3 @@ def check_schedule(
             for k in np.nonzero(diff > tol_a)[0]:
                 add("unbalance", f"site {PHASES[a]}-{PHASES[b]}", int(k), diff[k])
     return out
-
-
-__all__ += ["TOL_A"]
