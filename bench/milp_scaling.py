@@ -28,28 +28,18 @@ import logging
 import os
 import platform
 import sys
-import time
 
-import highspy
-
-from models import SolverOptions, lamppost_district, solve
+from models import SolverOptions, lamppost_district, solve, solve_lp_relaxation
 from models.compiled import compile_problem
-from models.formulation import build_formulation
-from models.highs import _new_highs, _pass_model
 from models.pyomo_model import solve_plain
 
 
 def full_lp_seconds(problem, threads: int | None) -> float:
     """Seconds HiGHS needs for the whole LP relaxation handed over in one piece."""
-    form = build_formulation(compile_problem(problem))
-    h = _new_highs(SolverOptions(threads=threads))
-    _pass_model(h, form, semicontinuous=False)
-    t = time.perf_counter()
-    h.run()
-    elapsed = time.perf_counter() - t
-    if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
-        raise RuntimeError(f"LP relaxation: {h.modelStatusToString(h.getModelStatus())}")
-    return elapsed
+    lp = solve_lp_relaxation(problem, SolverOptions(threads=threads), lazy_rows=False)
+    if not lp.ok:
+        raise RuntimeError(f"LP relaxation: {lp.status.value} {lp.message}")
+    return lp.solve_s
 
 
 def main(argv: list[str] | None = None) -> int:

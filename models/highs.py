@@ -290,10 +290,10 @@ class _LazyLP:
     previous basis; the loop ends when none is violated, so the optimum is the full LP's.
     """
 
-    def __init__(self, form: Formulation, opts: SolverOptions) -> None:
+    def __init__(self, form: Formulation, opts: SolverOptions, *, lazy_rows: bool = True) -> None:
         self.form = form
         names = np.array(form.row_names)
-        lazy = names == "limit"
+        lazy = (names == "limit") & lazy_rows
         self.h = _new_highs(opts)
         self.in_model = ~lazy
         self.a_csr = form.a.tocsr()
@@ -330,8 +330,13 @@ class _LazyLP:
         return float(self.h.getInfo().objective_function_value)
 
 
-def solve_lp_relaxation(problem: Problem, options: SolverOptions | None = None) -> SolveResult:
-    """The LP relaxation (minimum current not enforced): a bound, and its fractional plan."""
+def solve_lp_relaxation(
+    problem: Problem, options: SolverOptions | None = None, *, lazy_rows: bool = True
+) -> SolveResult:
+    """The LP relaxation (minimum current not enforced): a bound, and its fractional plan.
+
+    ``lazy_rows=False`` hands HiGHS every row at once (the benchmark's "whole LP" figure).
+    """
     opts = options or SolverOptions()
     t0 = time.perf_counter()
     form = build_formulation(compile_problem(problem))
@@ -342,7 +347,7 @@ def solve_lp_relaxation(problem: Problem, options: SolverOptions | None = None) 
             SolveStatus.OPTIMAL, _schedule(form, np.zeros(0), "lp-relaxation"), obj, obj, 0.0,
             t1 - t0, 0.0, 0.0, "lp",
         )  # fmt: skip
-    lp = _LazyLP(form, opts)
+    lp = _LazyLP(form, opts, lazy_rows=lazy_rows)
     t2 = time.perf_counter()
     st, x = lp.run(t2 + opts.time_limit_s)
     t3 = time.perf_counter()

@@ -850,3 +850,11 @@ def test_lamppost_district_150() -> None:
         baseline = policy(problem)
         assert result.objective_eur <= formulation_objective(baseline)
         assert result.schedule.total_energy_kwh >= baseline.total_energy_kwh
+
+
+def test_lazy_limit_rows_reach_the_whole_lp_optimum() -> None:
+    problem = lamppost_district(80, seed=5)
+    lazy = solve_lp_relaxation(problem)
+    whole = solve_lp_relaxation(problem, lazy_rows=False)
+    assert lazy.stages["rounds"] > 1  # rows were in fact added on the way
+    assert lazy.objective_eur == pytest.approx(whole.objective_eur, rel=1e-9, abs=1e-9)
