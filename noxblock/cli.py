@@ -1,6 +1,11 @@
 """``noxblock`` console script.
 
-Sub-commands so far:
+Sub-commands:
+
+* ``simulate``: replay a scenario (site TOML, sessions and signals CSV) under one policy and
+  write ``kpis.json``, ``setpoints.csv`` and ``sessions.csv`` (see ``../shared/CONTRACT.md``);
+* ``compare``: the same for several policies, with a table and a plot;
+* ``serve``: the OCPP 1.6J central system and its REST API;
 
 * ``demo``: a seeded NOX-Block-like lamppost district planned by every policy (uncontrolled,
   equal share, EDF, LLF and the MILP), with a table of what each delivers, how close it runs to
@@ -105,6 +110,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sessions", type=int, default=300, help="EV sessions in the day")
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
+
+    from noxblock import simulate as sim
+
+    p = sub.add_parser("simulate", help="replay sessions on a site under one policy")
+    sim.add_simulate_arguments(p)
+    p.set_defaults(func=sim.run_simulate)
+    p = sub.add_parser("compare", help="replay one scenario under several policies, table and plot")
+    sim.add_compare_arguments(p)
+    p.set_defaults(func=sim.run_compare)
+    try:
+        from noxblock import serve
+    except ImportError as err:  # the gateway's extras are missing
+        log.debug("serve unavailable: %s", err)
+    else:
+        p = sub.add_parser("serve", help="OCPP 1.6J central system with REST API")
+        serve.add_arguments(p)
+        p.set_defaults(func=serve.run)
     return ap
 
 

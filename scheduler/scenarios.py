@@ -16,7 +16,7 @@ point is used per day is a parameter (on-street points are shared, unlike Trondh
 chargers). The household profile is a round-number evening-peak shape in the spirit of the BDEW
 H0 standard profile, not the H0 table.
 
-Write a scenario with :meth:`Scenario.write`, or from the shell::
+Write a scenario with :meth:`Street.write`, or from the shell::
 
     python -m scheduler.scenarios --points 24 --seed 1 --out data/lippestrasse
 """
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -43,7 +44,7 @@ from scheduler.loaders import (
     write_signals_csv,
 )
 
-__all__ = ["LOCAL_TZ", "Scenario", "main", "nox_block_scenario"]
+__all__ = ["LOCAL_TZ", "Street", "main", "nox_block_scenario"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ _WEEKEND_KW = np.roll(_HOUSEHOLD_KW, 1) * np.r_[np.ones(8), np.full(10, 1.1), np
 
 
 @dataclass(frozen=True)
-class Scenario:
+class Street:
     """A generated street: site, base load, sessions, optional signals.
 
     Parameters
@@ -81,6 +82,13 @@ class Scenario:
     signals: StepSeries | None
     start: datetime
     end: datetime
+
+    def scenario(self, name: str = "nox-block") -> Any:
+        """This street as a :class:`scheduler.simulator.Scenario`, ready to simulate."""
+        from scheduler.simulator import Scenario  # the simulator builds on this module's loaders
+
+        return Scenario.from_series(self.site, self.sessions, base_load=self.base_load,
+                                    signals=self.signals, name=name)  # fmt: skip
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Write ``site.toml``, ``base_load.csv``, ``sessions.csv`` (+ ``signals.csv``) in the
@@ -169,7 +177,7 @@ def nox_block_scenario(
     share_1phase_evs: float = 0.2,
     step_minutes: int = 15,
     with_signals: bool = False,
-) -> Scenario:
+) -> Street:
     """Generate a seeded NOX-Block-like street.
 
     Parameters
@@ -286,7 +294,7 @@ def nox_block_scenario(
 
     signals = _synthetic_signals(t0, days, rng) if with_signals else None
     log.info("scenario %s: %d points, %d cables, %d sessions", site_id, n_points, n_cables, len(sessions))
-    return Scenario(site, tuple(sessions), base, signals, t0, end)
+    return Street(site, tuple(sessions), base, signals, t0, end)
 
 
 def _add(

@@ -1,0 +1,159 @@
+"""Scheduling policies, every one behind the same contract: ``policy.plan(snapshot) -> Plan``.
+
+========================  ============================================================
+name                      what it does
+========================  ============================================================
+``milp``                  the MILP of :mod:`models` over the snapshot's horizon (HiGHS);
+                          when the solver finds nothing in its time limit, EDF plans
+                          instead -- never nothing
+``offline-optimal``       the same MILP, solved tighter; given every session of the
+                          period at once (perfect knowledge) it is the yardstick
+``uncontrolled``          every EV at its maximum, limits ignored
+``equal-share``           capacity shared equally step by step
+``edf``                   earliest deadline first
+``llf``                   least laxity first
+========================  ============================================================
+
+The heuristics are *myopic* (``horizon_needed = False``): they decide the next step from the
+state alone, so the rolling loop hands them a one-step grid and saves the work of planning
+steps that are thrown away.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from models import EmissionTarget, Problem, Schedule, SolverOptions, Weights, solve
+from models.baselines import edf, equal_share, llf, uncontrolled
+from scheduler.snapshot import Plan, Snapshot, quantise_pilots
+
+__all__ = [
+    "POLICY_NAMES",
+    "HeuristicPolicy",
+    "MilpPolicy",
+    "Policy",
+    "make_policy",
+]
+
+log = logging.getLogger(__name__)
+
+#: Every policy name the command line and the API accept.
+POLICY_NAMES = ("milp", "uncontrolled", "equal-share", "edf", "llf", "offline-optimal")
+
+
+class Policy(Protocol):
+    """What every policy is: a name, whether it looks ahead, and ``plan``."""
+
+    name: str
+    #: ``False``: the policy decides from the current state alone (one-step grid suffices).
+    horizon_needed: bool
+
+    def plan(self, snapshot: Snapshot) -> Plan: ...
+
+
+def _min_current_a(problem: Problem) -> np.ndarray:
+    cps = {cp.id: cp for cp in problem.site.charge_points}
+    return np.array([cps[s.charge_point_id].min_current_a for s in problem.sessions])
+
+
+def _plan_of(snapshot: Snapshot, problem: Problem, schedule: Schedule, name: str, **kw) -> Plan:
+    pilot = quantise_pilots(schedule.current_a, _min_current_a(problem))
+    return Plan(
+        grid=snapshot.grid,
+        session_ids=tuple(ev.session_id for ev in snapshot.evs),
+        pilot_a=pilot,
+        policy=name,
+        **kw,
+    )
+
+
+@dataclass
+class HeuristicPolicy:
+    """A greedy baseline of :mod:`models.baselines` behind the policy contract."""
+
+    name: str
+    func: Callable[[Problem], Schedule]
+    horizon_needed: bool = False
+
+    def plan(self, snapshot: Snapshot) -> Plan:
+        t0 = time.perf_counter()
+        problem = snapshot.to_problem()
+        schedule = self.func(problem)
+        return _plan_of(snapshot, problem, schedule, self.name, solve_s=time.perf_counter() - t0)
+
+
+@dataclass
+class MilpPolicy:
+    """The MILP of :mod:`models` behind the policy contract.
+
+    Parameters
+    ----------
+    weights : Weights
+        Objective weights (value of energy, price, CO2, ...).
+    target : EmissionTarget or None
+        Optional pollution-reduction target over each horizon.
+    options : SolverOptions
+        HiGHS options; ``time_limit_s`` bounds every re-plan.
+    name : str
+    fallback : callable
+        Heuristic that plans when the solver finds no schedule in time (default EDF).
+    """
+
+    weights: Weights = field(default_factory=Weights)
+    target: EmissionTarget | None = None
+    options: SolverOptions = field(default_factory=lambda: SolverOptions(time_limit_s=20.0))
+    name: str = "milp"
+    fallback: Callable[[Problem], Schedule] = edf
+    horizon_needed: bool = True
+
+    def plan(self, snapshot: Snapshot) -> Plan:
+        t0 = time.perf_counter()
+        problem = snapshot.to_problem(self.weights, self.target)
+        result = solve(problem, self.options)
+        if result.ok and result.schedule is not None:
+            return _plan_of(
+                snapshot, problem, result.schedule, self.name,
+                solve_s=time.perf_counter() - t0, gap=result.gap,
+            )  # fmt: skip
+        why = result.message or result.status.value
+        log.warning(
+            "%s: solver gave no schedule (%s); %s plans instead", self.name, why, self.fallback.__name__
+        )
+        schedule = self.fallback(problem)
+        return _plan_of(
+            snapshot, problem, schedule, self.name,
+            solve_s=time.perf_counter() - t0, status=f"fallback:{self.fallback.__name__} ({why})",
+        )  # fmt: skip
+
+
+def make_policy(
+    name: str,
+    *,
+    weights: Weights | None = None,
+    target: EmissionTarget | None = None,
+    time_limit_s: float | None = None,
+) -> Policy:
+    """The policy called ``name`` (one of :data:`POLICY_NAMES`)."""
+    heuristics = {"uncontrolled": uncontrolled, "equal-share": equal_share, "edf": edf, "llf": llf}
+    if name in heuristics:
+        return HeuristicPolicy(name, heuristics[name])
+    if name == "milp":
+        return MilpPolicy(
+            weights=weights or Weights(),
+            target=target,
+            options=SolverOptions(time_limit_s=time_limit_s or 20.0),
+        )
+    if name == "offline-optimal":
+        return MilpPolicy(
+            weights=weights or Weights(),
+            target=target,
+            options=SolverOptions(time_limit_s=time_limit_s or 600.0, mip_rel_gap=1e-4),
+            name="offline-optimal",
+        )
+    raise ValueError(f"policy: unknown {name!r}; one of {', '.join(POLICY_NAMES)}")
