@@ -8,8 +8,9 @@ Definitions (every one computed from the simulation's arrays, so every policy is
 * ``max_phase_current_a`` -- highest current on any phase at the connection, charging drawn plus
   base load [A]; ``peak_phase_current_a`` -- per phase.
 * ``limit_violation_max_a`` -- the largest amount by which the *pilots* plus base load exceeded
-  any limit (site, group or grid operator) on any phase and interval [A]; 0 is the rule.
-  ``base_load_violation_max_a`` -- the part the base load alone caused (no policy can help it).
+  any limit (site, group or grid operator) on any phase and interval [A]; 0 is the rule. Where
+  the base load alone is over a limit, every ampere of pilot on top counts as a violation.
+  ``base_load_violation_max_a`` -- how far the base load alone went over (no policy can help it).
 * ``cost_eur`` / ``co2_kg`` -- energy drawn times price / emission intensity; ``null`` without
   the signal.
 * ``nox_avoided_kg`` -- see :class:`EmissionFactors`.
@@ -105,7 +106,8 @@ def kpis(result: SimulationResult, factors: EmissionFactors | None = None) -> di
     conn = drawn[root] + base  # (T, 3) at the connection
     with_base = pilots.copy()
     with_base[root] += base
-    excess = with_base - limits
+    # What charging adds beyond the limit -- or beyond the base load where that alone is over.
+    excess = np.minimum(with_base - limits, pilots)
     base_excess = base - limits[root]
     n_t = r.grid.n_steps
     cond = r.conditions

@@ -31,7 +31,7 @@ import numpy as np
 
 from models import EmissionTarget, Problem, Schedule, SolverOptions, Weights, solve
 from models.baselines import edf, equal_share, llf, uncontrolled
-from scheduler.snapshot import Plan, Snapshot, quantise_pilots
+from scheduler.snapshot import Plan, Snapshot, clean_pilots
 
 __all__ = [
     "POLICY_NAMES",
@@ -63,7 +63,9 @@ def _min_current_a(problem: Problem) -> np.ndarray:
 
 
 def _plan_of(snapshot: Snapshot, problem: Problem, schedule: Schedule, name: str, **kw) -> Plan:
-    pilot = quantise_pilots(schedule.current_a, _min_current_a(problem))
+    # Exact pilots: rounding to a charger's resolution belongs to the dispatch to that charger
+    # (rounded down there, so limits hold); here it would only lose energy.
+    pilot = clean_pilots(schedule.current_a, _min_current_a(problem))
     return Plan(
         grid=snapshot.grid,
         session_ids=tuple(ev.session_id for ev in snapshot.evs),
@@ -153,7 +155,7 @@ def make_policy(
         return MilpPolicy(
             weights=weights or Weights(),
             target=target,
-            options=SolverOptions(time_limit_s=time_limit_s or 600.0, mip_rel_gap=1e-4),
+            options=SolverOptions(time_limit_s=time_limit_s or 600.0, mip_rel_gap=1e-6),
             name="offline-optimal",
         )
     raise ValueError(f"policy: unknown {name!r}; one of {', '.join(POLICY_NAMES)}")

@@ -23,7 +23,7 @@ import numpy as np
 from models import Problem, Session, Signals, Site, TimeGrid, Weights
 from models.problem import EmissionTarget
 
-__all__ = ["EVState", "Plan", "Snapshot", "evs_from_sessions", "quantise_pilots"]
+__all__ = ["EVState", "Plan", "Snapshot", "clean_pilots", "evs_from_sessions", "quantise_pilots"]
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,14 @@ class Plan:
             (starts[k], self.session_ids[s], float(self.pilot_a[s, k]))
             for s, k in zip(s_idx, k_idx, strict=True)
         ]
+
+
+def clean_pilots(pilot_a: np.ndarray, min_a: np.ndarray) -> np.ndarray:
+    """Pilots with solver noise removed: below 1e-9 A is 0, a hair under the minimum is it."""
+    p = np.asarray(pilot_a, dtype=float)
+    mn = np.broadcast_to(np.asarray(min_a, dtype=float).reshape(-1, *([1] * (p.ndim - 1))), p.shape)
+    p = np.where(p <= 1e-9, 0.0, p)
+    return np.where((p > 0) & (p < mn), np.where(p >= mn - 1e-6, mn, 0.0), p)
 
 
 def quantise_pilots(pilot_a: np.ndarray, min_a: np.ndarray, resolution_a: float = 0.01) -> np.ndarray:
