@@ -1,0 +1,224 @@
+"""``noxblock serve``: the OCPP 1.6J central system and the REST API in one asyncio loop.
+
+``noxblock.cli`` wires it in with :func:`add_arguments` and :func:`run`. Scripts and tests use
+:func:`start_services` (ports may be 0) and :meth:`Services.stop`.
+
+Charge points in the site file are known (BootNotification ``Accepted``); others get
+``--unknown`` (default ``Pending``). A point with a ``password`` in the site file must log in with
+HTTP Basic auth; its password is kept only as a salted hash. Points without one connect
+unauthenticated (security profile 0), which is allowed only when the site file has such points
+or ``--allow-unauthenticated`` is given, with a warning. ``--tls-cert/--tls-key`` serve ``wss://``
+(profile 2); ``--tls-client-ca`` also accepts client certificates whose common name is the charge
+point id (profile 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from noxblock.api import API_PREFIX, create_app
+from ocpp_gateway import Gateway, GatewayConfig, KnownChargePoint, SqliteStorage, hash_password
+
+__all__ = ["Services", "add_arguments", "build_config", "run", "start_services"]
+
+log = logging.getLogger("noxblock.serve")
+
+DB_NAME = "noxblock.sqlite"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``noxblock serve`` (the contract's, and security and failsafe ones)."""
+    parser.add_argument("--site", required=True, help="site TOML: its charge points are the known ones")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=9000, help="OCPP websocket port (default 9000)")
+    parser.add_argument("--api-port", type=int, default=8000, help="REST API port (default 8000)")
+    parser.add_argument(
+        "--data-dir", default="./var", help="directory of the SQLite database (default ./var)"
+    )
+    parser.add_argument(
+        "--unknown",
+        choices=("Accepted", "Pending", "Rejected"),
+        default="Pending",
+        help="BootNotification answer for charge points not in the site file (default Pending)",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="let points without a password connect without credentials (security profile 0)",
+    )
+    parser.add_argument(
+        "--failsafe-current-a",
+        type=float,
+        default=6.0,
+        help="per-phase limit of the failsafe profile installed at boot [A]; negative: none (default 6)",
+    )
+    parser.add_argument(
+        "--heartbeat-interval", type=int, default=300, help="heartbeat interval [s] (default 300)"
+    )
+    parser.add_argument("--tls-cert", help="server certificate (PEM): serve wss:// (security profile 2)")
+    parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
+    parser.add_argument("--tls-client-ca", help="CA (PEM) for client certificates (security profile 3)")
+
+
+def _hash_all(passwords: dict[str, str]) -> dict[str, str]:
+    if not passwords:
+        return {}
+    t = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # scrypt releases the GIL
+        hashes = dict(zip(passwords, pool.map(hash_password, passwords.values()), strict=True))
+    log.info("hashed %d charge point passwords in %.1f s", len(hashes), time.perf_counter() - t)
+    return hashes
+
+
+def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not args.tls_cert:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # security whitepaper: TLS 1.2 or above
+    ctx.load_cert_chain(args.tls_cert, args.tls_key)
+    if args.tls_client_ca:
+        # Optional, so profile 2 (password) and profile 3 (certificate) points share the port.
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(args.tls_client_ca)
+    return ctx
+
+
+def build_config(args: argparse.Namespace) -> GatewayConfig:
+    """The gateway configuration from the site file and the options. Raises ``InputError`` for a bad file."""
+    from scheduler.loaders import load_site
+
+    loaded = load_site(args.site)
+    hashes = _hash_all(dict(loaded.passwords))
+    points = tuple(
+        KnownChargePoint(
+            cp.id, password_hash=hashes.get(cp.id), phases=cp.phases, max_current_a=cp.max_current_a
+        )
+        for cp in loaded.site.charge_points
+    )
+    open_points = [cp.id for cp in points if cp.password_hash is None]
+    if open_points and not args.allow_unauthenticated:
+        log.warning(
+            "%d charge points have no password in %s (%s%s): security profile 0 allowed",
+            len(open_points), args.site, ", ".join(open_points[:5]), ", ..." if len(open_points) > 5 else "",
+        )  # fmt: skip
+    return GatewayConfig(
+        charge_points=points,
+        unknown_policy=args.unknown,
+        allow_profile_0=bool(open_points) or args.allow_unauthenticated,
+        heartbeat_interval_s=args.heartbeat_interval,
+        voltage_v=float(loaded.site.voltage_v),
+        failsafe_current_a=args.failsafe_current_a if args.failsafe_current_a >= 0 else None,
+        ssl_context=_tls_context(args),
+    )
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the serve loop owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Services:
+    """A running gateway and REST API (see :func:`start_services`)."""
+
+    gateway: Gateway
+    api_port: int
+    api_host: str
+    _api: _Uvicorn
+    _api_task: asyncio.Task[None]
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}{API_PREFIX}"
+
+    async def stop(self) -> None:
+        """Stop the API, then the gateway (connections closed, store committed and closed)."""
+        self._api.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._api_task
+        await self.gateway.stop()
+        self.gateway.storage.close()
+
+
+async def start_services(
+    config: GatewayConfig,
+    data_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 9000,
+    api_port: int = 8000,
+) -> Services:
+    """Open the store in ``data_dir``, start the OCPP server and the REST API (ports may be 0)."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    storage = SqliteStorage(Path(data_dir) / DB_NAME)
+    gateway = Gateway(config, storage)
+    await gateway.start(host, port)
+    # Bind the API socket here, so its port is known (and connectable) before uvicorn runs.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, api_port))
+    sock.listen(128)
+    sock.setblocking(False)
+    server = _Uvicorn(
+        uvicorn.Config(create_app(gateway), log_level="warning", lifespan="off", access_log=False)
+    )
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    services = Services(gateway, sock.getsockname()[1], host, server, task)
+    log.info("OCPP on %s, REST API on %s", gateway.url, services.api_url)
+    return services
+
+
+async def _serve(config: GatewayConfig, args: argparse.Namespace) -> None:
+    services = await start_services(
+        config, args.data_dir, host=args.host, port=args.port, api_port=args.api_port
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, stop.set)
+    print(f"noxblock serve: OCPP {services.gateway.url}{{id}}  REST {services.api_url}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await services.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM. Exit 0 on a clean stop, 2 on a bad site file or options."""
+    from scheduler.errors import InputError
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("noxblock serve: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        config = build_config(args)
+    except (InputError, OSError, ssl.SSLError, ValueError) as e:
+        print(f"noxblock serve: {e}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(_serve(config, args))
+    except OSError as e:  # port in use, ...
+        print(f"noxblock serve: {e}", file=sys.stderr)
+        return 1
+    return 0

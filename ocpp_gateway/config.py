@@ -1,0 +1,153 @@
+"""Gateway configuration: one frozen dataclass, validated at construction."""
+
+from __future__ import annotations
+
+import math
+import re
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+from ocpp_gateway.errors import ConfigError
+
+__all__ = ["CHARGE_POINT_ID_RE", "GatewayConfig", "KnownChargePoint"]
+
+#: What we accept as a charge point id in ``/ocpp/{id}``: printable, no slash, at most 48 chars.
+CHARGE_POINT_ID_RE = re.compile(r"^[A-Za-z0-9._:\-+@#*~!$&'()=,;]{1,48}$")
+
+RegistrationPolicy = Literal["Accepted", "Pending", "Rejected"]
+FailsafePurpose = Literal["TxDefaultProfile", "ChargePointMaxProfile"]
+
+
+@dataclass(frozen=True, slots=True)
+class KnownChargePoint:
+    """A charge point the operator registered (a site-file entry).
+
+    Parameters
+    ----------
+    id
+        Charge point id, as in ``/ocpp/{id}``.
+    password_hash
+        :func:`ocpp_gateway.security.hash_password` of its password, or None (no Basic auth).
+    phases
+        Phases wired to the point, 1 or 3.
+    max_current_a
+        Per-phase maximum of the point [A], or None if unknown.
+    """
+
+    id: str
+    password_hash: str | None = None
+    phases: int = 3
+    max_current_a: float | None = None
+
+    def __post_init__(self) -> None:
+        if not CHARGE_POINT_ID_RE.match(self.id):
+            raise ConfigError("charge_points.id", f"invalid charge point id {self.id!r}")
+        if self.phases not in (1, 3):
+            raise ConfigError(f"charge_points[{self.id}].phases", f"must be 1 or 3, got {self.phases}")
+        if self.max_current_a is not None and not (
+            self.max_current_a > 0 and math.isfinite(self.max_current_a)
+        ):
+            raise ConfigError(f"charge_points[{self.id}].max_current_a", "must be a positive number")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the central system is told by its operator.
+
+    Parameters
+    ----------
+    charge_points
+        The known charge points; any other id is unknown.
+    unknown_policy
+        BootNotification answer for an unknown point: ``Accepted``, ``Pending`` or ``Rejected``.
+        (An unknown point only gets that far if ``allow_profile_0`` lets it connect.)
+    allow_profile_0
+        Let points without a stored password connect without credentials (a warning is logged).
+    heartbeat_interval_s
+        Interval given in the BootNotification answer [s].
+    voltage_v
+        Phase-to-neutral voltage used to convert A and W [V].
+    failsafe_current_a
+        Per-phase limit of the failsafe profile installed at boot [A]; None installs none.
+    failsafe_purpose
+        ``TxDefaultProfile`` (default: stack level 0, so dispatched profiles override it) or
+        ``ChargePointMaxProfile`` (caps everything, dispatched profiles included).
+    dispatch_stack_level
+        Stack level of dispatched TxProfile / TxDefaultProfile.
+    call_timeout_s
+        Time to wait for a charge point's answer to a command [s].
+    max_frame_bytes
+        Largest websocket message accepted; bigger ones close the connection with 1009 [bytes].
+    rate_limit_per_s, rate_limit_burst
+        Token bucket for messages from one point [messages/s, messages]. Beyond it the gateway
+        stops reading that point's socket until a token is free (TCP back-pressure, nothing lost).
+    ping_interval_s, ping_timeout_s
+        Websocket keep-alive [s]; None disables.
+    ssl_context
+        Server TLS context (security profile 2; with ``verify_mode = CERT_REQUIRED`` profile 3).
+    client_cert_must_match_id
+        With mutual TLS: the client certificate's common name must be the charge point id.
+    accept_unknown_id_tags
+        Authorize id tags that are not in the store (``Accepted``) instead of ``Invalid``.
+    compliance_tolerance_a, compliance_grace_s, compliance_violations
+        A point is non-compliant after ``compliance_violations`` consecutive meter samples more than
+        ``compliance_tolerance_a`` above its limit, ignoring samples within ``compliance_grace_s``
+        of a new profile [A, s, count].
+    """
+
+    charge_points: tuple[KnownChargePoint, ...] = ()
+    unknown_policy: RegistrationPolicy = "Pending"
+    allow_profile_0: bool = False
+    heartbeat_interval_s: int = 300
+    voltage_v: float = 230.0
+    failsafe_current_a: float | None = 6.0
+    failsafe_purpose: FailsafePurpose = "TxDefaultProfile"
+    dispatch_stack_level: int = 1
+    call_timeout_s: float = 30.0
+    max_frame_bytes: int = 65536
+    rate_limit_per_s: float = 20.0
+    rate_limit_burst: int = 60
+    ping_interval_s: float | None = 60.0
+    ping_timeout_s: float | None = 30.0
+    ssl_context: ssl.SSLContext | None = None
+    client_cert_must_match_id: bool = True
+    accept_unknown_id_tags: bool = False
+    compliance_tolerance_a: float = 1.0
+    compliance_grace_s: float = 30.0
+    compliance_violations: int = 3
+    _known: Mapping[str, KnownChargePoint] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        known = {cp.id: cp for cp in self.charge_points}
+        if len(known) != len(self.charge_points):
+            raise ConfigError("charge_points", "duplicate charge point id")
+        object.__setattr__(self, "_known", MappingProxyType(known))
+        if self.unknown_policy not in ("Accepted", "Pending", "Rejected"):
+            raise ConfigError(
+                "unknown_policy", f"must be Accepted, Pending or Rejected, got {self.unknown_policy!r}"
+            )
+        if self.failsafe_purpose not in ("TxDefaultProfile", "ChargePointMaxProfile"):
+            raise ConfigError("failsafe_purpose", f"invalid {self.failsafe_purpose!r}")
+        positive = {
+            "heartbeat_interval_s": self.heartbeat_interval_s,
+            "voltage_v": self.voltage_v,
+            "call_timeout_s": self.call_timeout_s,
+            "max_frame_bytes": self.max_frame_bytes,
+            "rate_limit_per_s": self.rate_limit_per_s,
+            "rate_limit_burst": self.rate_limit_burst,
+            "compliance_violations": self.compliance_violations,
+        }
+        for name, value in positive.items():
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ConfigError(name, f"must be a positive number, got {value!r}")
+        if self.failsafe_current_a is not None and not (0 <= self.failsafe_current_a < 1000):
+            raise ConfigError("failsafe_current_a", f"must be in [0, 1000) A, got {self.failsafe_current_a}")
+        if self.dispatch_stack_level < 1 and self.failsafe_purpose == "TxDefaultProfile":
+            raise ConfigError("dispatch_stack_level", "must be above the failsafe's stack level 0")
+
+    def known(self, charge_point_id: str) -> KnownChargePoint | None:
+        """The registered point with this id, or None."""
+        return self._known.get(charge_point_id)

@@ -1,0 +1,1046 @@
+"""The gateway: connections, the typed command API, dispatch and verification. asyncio, no sockets.
+
+A :class:`Gateway` drives one :class:`~ocpp_gateway.protocol.OcppProtocol` per connected charge
+point over any :class:`Transport` (``send`` / ``close``); :mod:`ocpp_gateway.server` is the one
+module that plugs real websockets in. Start a server with::
+
+    gateway = Gateway(GatewayConfig(...), SqliteStorage("var/noxblock.sqlite"))
+    await gateway.start("127.0.0.1", 0)      # gateway.port is the bound port
+    status = await gateway.reset("CP01", ResetType.soft)
+    await gateway.stop()
+
+Commands (``await gateway.<command>(charge_point_id, ...)``) keep one CALL in flight per
+connection (a per-connection lock), give up after ``config.call_timeout_s`` with
+:class:`~ocpp_gateway.errors.CallTimeout` and always clear what they left behind, raise
+:class:`~ocpp_gateway.errors.ConnectionLost` at once when the connection closes or is replaced,
+and raise the matching :class:`~ocpp_gateway.errors.OcppError` when the point answers CALLERROR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ocpp.v16.enums import (
+    AvailabilityStatus,
+    AvailabilityType,
+    CancelReservationStatus,
+    ChargingProfilePurposeType,
+    ChargingProfileStatus,
+    ChargingRateUnitType,
+    ClearCacheStatus,
+    ClearChargingProfileStatus,
+    ConfigurationStatus,
+    DataTransferStatus,
+    GetCompositeScheduleStatus,
+    MessageTrigger,
+    RemoteStartStopStatus,
+    ReservationStatus,
+    ResetStatus,
+    ResetType,
+    TriggerMessageStatus,
+    UnlockStatus,
+    UpdateStatus,
+    UpdateType,
+)
+
+from ocpp_gateway.central import CentralSystem, Clock, _utcnow
+from ocpp_gateway.config import GatewayConfig
+from ocpp_gateway.dispatch import (
+    ChargingProfile,
+    SchedulePeriod,
+    failsafe_profile,
+    limit_at,
+    parse_rate_units,
+    plan_to_profile,
+)
+from ocpp_gateway.errors import (
+    CallTimeout,
+    ConnectionLost,
+    GatewayError,
+    InternalError,
+    NotConnected,
+    NotImplementedAction,
+    NotSupportedAction,
+    OcppError,
+    PropertyConstraintViolation,
+)
+from ocpp_gateway.frames import format_datetime, parse_datetime
+from ocpp_gateway.protocol import AnswerReceived, CallReceived, Dropped, OcppProtocol, ReplyNeeded
+from ocpp_gateway.security import CredentialCache, hash_password, parse_basic_auth, verify_password
+from ocpp_gateway.storage import IdTagRecord, SecurityEventRecord, Storage
+
+if TYPE_CHECKING:
+    from ocpp_gateway.server import GatewayServer
+
+__all__ = [
+    "AuthResult",
+    "CompositeSchedule",
+    "ConfigurationResult",
+    "DispatchResult",
+    "Gateway",
+    "GatewayEvent",
+    "KeyValue",
+    "Transport",
+]
+
+log = logging.getLogger(__name__)
+
+#: Configuration keys read before the first profile is sent (DOMAIN.md).
+SMART_CHARGING_KEYS = (
+    "ChargingScheduleAllowedChargingRateUnit",
+    "ChargingScheduleMaxPeriods",
+    "ChargeProfileMaxStackLevel",
+    "MaxChargingProfilesInstalled",
+)
+_DEFAULT_MAX_PERIODS = 24
+_FAILSAFE_PROFILE_ID = 1
+
+
+def _tx_default_profile_id(connector_id: int) -> int:
+    return 10 + connector_id
+
+
+def _tx_profile_id(connector_id: int) -> int:
+    return 100 + connector_id
+
+
+class Transport(Protocol):
+    """What the gateway needs from a connection: send a text message, close.
+
+    ``send`` raises :class:`~ocpp_gateway.errors.ConnectionLost` when the connection is gone.
+    """
+
+    async def send(self, text: str) -> None: ...
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayEvent:
+    """Something that happened, for listeners (the scheduler, tests).
+
+    ``kind``: ``connected``, ``disconnected``, ``call`` (a message from a point was answered:
+    ``action``, ``payload`` and ``response`` set), ``bad_frame`` (``payload`` holds the error code),
+    ``failsafe`` (``payload`` holds the profile status).
+    """
+
+    kind: str
+    charge_point_id: str
+    action: str | None = None
+    payload: dict[str, Any] | None = None
+    response: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    ok: bool
+    reason: str
+    profile: int  # security profile the point used: 0, 1/2 (Basic) or 3 (client certificate)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyValue:
+    key: str
+    readonly: bool
+    value: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigurationResult:
+    keys: tuple[KeyValue, ...]
+    unknown_keys: tuple[str, ...]
+
+    def get(self, key: str) -> str | None:
+        return next((k.value for k in self.keys if k.key == key), None)
+
+
+@dataclass(frozen=True, slots=True)
+class CompositeSchedule:
+    """A GetCompositeSchedule answer; ``periods`` are relative to ``schedule_start``."""
+
+    status: GetCompositeScheduleStatus
+    connector_id: int | None = None
+    schedule_start: datetime | None = None
+    rate_unit: ChargingRateUnitType | None = None
+    periods: tuple[SchedulePeriod, ...] = ()
+    duration_s: int | None = None
+
+    def limit_a_at(self, at: datetime, *, voltage_v: float, phases: int) -> float | None:
+        """The composite per-phase limit [A] at ``at``, or None if the schedule says nothing."""
+        if (
+            self.status != GetCompositeScheduleStatus.accepted
+            or not self.periods
+            or self.schedule_start is None
+        ):
+            return None
+        profile = ChargingProfile(
+            profile_id=0, stack_level=0, purpose="TxDefaultProfile", rate_unit=self.rate_unit or "A",  # type: ignore[arg-type]
+            periods=self.periods, start_schedule=self.schedule_start, duration_s=self.duration_s,
+        )  # fmt: skip
+        return limit_at(profile, at, voltage_v=voltage_v, phases=phases)
+
+
+@dataclass(frozen=True, slots=True)
+class DispatchResult:
+    """Outcome of :meth:`Gateway.dispatch_plan`.
+
+    ``verified``: True if the composite schedule read back is within the dispatched limit, False
+    if it is above it (the point is flagged non-compliant), None if it could not be checked.
+    """
+
+    status: ChargingProfileStatus
+    profile: ChargingProfile
+    composite_limit_a: float | None = None
+    verified: bool | None = None
+
+
+class _PointLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Prefixes every line with the charge point id: ``[CP01] connected``."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['charge_point_id']}] {msg}", kwargs  # type: ignore[index]
+
+
+class _Connection:
+    __slots__ = (
+        "closed",
+        "cp_id",
+        "lock",
+        "log",
+        "protocol",
+        "refill_at",
+        "throttled",
+        "tokens",
+        "transport",
+        "waiter",
+    )
+
+    def __init__(self, cp_id: str, transport: Transport, burst: float) -> None:
+        self.cp_id = cp_id
+        self.transport = transport
+        self.protocol = OcppProtocol()
+        self.log = _PointLogger(log, {"charge_point_id": cp_id})
+        self.lock: asyncio.Lock | None = None  # created on the first command
+        self.waiter: asyncio.Future[AnswerReceived] | None = None
+        self.tokens = burst
+        self.refill_at = time.monotonic()
+        self.throttled = 0
+        self.closed = False
+
+
+class Gateway:
+    """OCPP 1.6J central system core. See the module docstring.
+
+    Parameters
+    ----------
+    config
+        Gateway configuration.
+    storage
+        The store (its writes are committed once per event-loop turn).
+    clock
+        Aware-UTC clock, injectable for tests.
+    """
+
+    def __init__(self, config: GatewayConfig, storage: Storage, *, clock: Clock = _utcnow) -> None:
+        self.config = config
+        self.storage = storage
+        self.clock = clock
+        self.central = CentralSystem(config, storage, clock=clock)
+        self._connections: dict[str, _Connection] = {}
+        self._listeners: list[Callable[[GatewayEvent], None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._commit_pending = False
+        self._seen: dict[str, datetime] = {}
+        self._credentials = CredentialCache()
+        self._password_hashes: dict[str, str] = {}
+        self._plans: dict[tuple[str, int], tuple[list[tuple[datetime, float]], datetime, int | None]] = {}
+        self._server: GatewayServer | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._stopped = False
+        self.stats: dict[str, int] = {"messages": 0, "bad_frames": 0, "throttled": 0}
+        self._load_passwords()
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def _load_passwords(self) -> None:
+        for cp in self.config.charge_points:
+            if cp.password_hash is not None:
+                self.storage.set_password_hash(cp.id, cp.password_hash)
+        self.storage.commit()
+        self._password_hashes = self.storage.password_hashes()
+        if self.config.allow_profile_0:
+            log.warning("security profile 0 allowed: points without a password connect unauthenticated")
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """Listen for charge points on ``ws://host:port/ocpp/{id}`` (port 0: any free port)."""
+        from ocpp_gateway.server import GatewayServer
+
+        self._server = GatewayServer(self)
+        await self._server.start(host, port)
+        self._stopped = False
+        self._housekeeping = asyncio.create_task(self._housekeep())
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on."""
+        if self._server is None:
+            raise GatewayError("gateway not started")
+        return self._server.port
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port/ocpp/`` (or ``wss://``); append the charge point id."""
+        if self._server is None:
+            raise GatewayError("gateway not started")
+        return self._server.url
+
+    async def stop(self) -> None:
+        """Close every connection, fail pending commands, flush and commit the store."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            self._housekeeping = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+        for conn in list(self._connections.values()):
+            self.detach(conn)
+        self._flush_seen()
+        self.storage.commit()
+        self._stopped = True  # the owner may close the store now; late commits are skipped
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(5.0)
+            self._flush_seen()
+            self._commit()
+
+    def _flush_seen(self) -> None:
+        if self._seen:
+            seen, self._seen = self._seen, {}
+            self.storage.touch(seen)
+            self._schedule_commit()
+
+    def _schedule_commit(self) -> None:
+        # Group commit: everything written during this loop turn goes in one commit.
+        if not self._commit_pending:
+            self._commit_pending = True
+            try:
+                asyncio.get_running_loop().call_soon(self._commit)
+            except RuntimeError:  # no loop (sync use): commit now
+                self._commit()
+
+    def _commit(self) -> None:
+        self._commit_pending = False
+        if self._stopped:
+            return
+        try:
+            self.storage.commit()
+        except Exception:
+            log.exception("commit failed")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- events ---------------------------------------------------------------------------
+    def add_listener(self, listener: Callable[[GatewayEvent], None]) -> None:
+        """Call ``listener`` with every :class:`GatewayEvent` (keep it quick: it runs inline)."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[GatewayEvent], None]) -> None:
+        self._listeners.remove(listener)
+
+    def _emit(self, event: GatewayEvent) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("event listener failed")
+
+    async def wait_for(
+        self, predicate: Callable[[GatewayEvent], bool], timeout_s: float = 10.0
+    ) -> GatewayEvent:
+        """Wait for the first event matching ``predicate`` (tests, scripts)."""
+        fut: asyncio.Future[GatewayEvent] = asyncio.get_running_loop().create_future()
+
+        def listener(event: GatewayEvent) -> None:
+            if not fut.done() and predicate(event):
+                fut.set_result(event)
+
+        self.add_listener(listener)
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await fut
+        finally:
+            self.remove_listener(listener)
+
+    # --- queries --------------------------------------------------------------------------
+    def is_connected(self, charge_point_id: str) -> bool:
+        return charge_point_id in self._connections
+
+    def connected_ids(self) -> list[str]:
+        return sorted(self._connections)
+
+    def last_seen(self, charge_point_id: str) -> datetime | None:
+        seen = self._seen.get(charge_point_id)
+        if seen is not None:
+            return seen
+        record = self.storage.charge_point(charge_point_id)
+        return record.last_seen if record else None
+
+    def is_compliant(self, charge_point_id: str) -> bool | None:
+        """False once a point was caught ignoring its limits; None if never checked."""
+        record = self.storage.charge_point(charge_point_id)
+        return record.compliant if record else None
+
+    def non_compliant(self) -> list[str]:
+        """Ids of points flagged as ignoring their limits (to be treated as inflexible load)."""
+        return [r.id for r in self.storage.charge_points() if r.compliant is False]
+
+    # --- authentication (called at the websocket handshake) ------------------------------
+    async def authenticate(
+        self,
+        charge_point_id: str,
+        authorization: str | None,
+        *,
+        client_cert_cn: str | None = None,
+        remote: str = "?",
+    ) -> AuthResult:
+        """Decide whether a connecting point may in. Logs and records refusals; never a secret."""
+        if client_cert_cn is not None and client_cert_cn == charge_point_id:
+            return AuthResult(True, "client certificate", 3)
+        stored = self._password_hashes.get(charge_point_id)
+        creds = parse_basic_auth(authorization)
+        if stored is None:
+            if self.config.allow_profile_0:
+                log.warning(
+                    "[%s] connects without authentication (security profile 0) from %s",
+                    charge_point_id,
+                    remote,
+                )
+                return AuthResult(True, "profile 0", 0)
+            return self._refuse(charge_point_id, "no password configured and profile 0 not allowed", remote)
+        if creds is None:
+            return self._refuse(charge_point_id, "missing or malformed Basic credentials", remote)
+        user, password = creds
+        if user != charge_point_id:
+            return self._refuse(charge_point_id, "Basic auth user is not the charge point id", remote)
+        if self._credentials.check(charge_point_id, password, stored):
+            return AuthResult(True, "password", 1)
+        ok = await asyncio.to_thread(verify_password, password, stored)
+        if not ok:
+            return self._refuse(charge_point_id, "wrong password", remote)
+        self._credentials.remember(charge_point_id, password, stored)
+        return AuthResult(True, "password", 1)
+
+    def _refuse(self, charge_point_id: str, reason: str, remote: str) -> AuthResult:
+        log.warning("[%s] authentication refused from %s: %s", charge_point_id, remote, reason)
+        self.record_security_event(charge_point_id, "AuthenticationFailed", reason)
+        return AuthResult(False, reason, -1)
+
+    def record_security_event(self, charge_point_id: str, kind: str, info: str | None) -> None:
+        """Record a security event the gateway itself observed."""
+        self.storage.record_security_event(
+            SecurityEventRecord(charge_point_id, kind, info, self.clock(), "gateway")
+        )
+        self._schedule_commit()
+
+    async def set_password(self, charge_point_id: str, password: str | None) -> None:
+        """Set (or with None remove) a point's Basic-auth password; only its hash is stored."""
+        hashed = None if password is None else await asyncio.to_thread(hash_password, password)
+        self.storage.set_password_hash(charge_point_id, hashed)
+        self.storage.commit()
+        self._credentials.forget(charge_point_id)
+        if hashed is None:
+            self._password_hashes.pop(charge_point_id, None)
+        else:
+            self._password_hashes[charge_point_id] = hashed
+
+    def put_id_tag(self, record: IdTagRecord) -> None:
+        """Add or replace an id tag in the store."""
+        self.storage.put_id_tag(record)
+        self._schedule_commit()
+
+    # --- connections (called by the server) -----------------------------------------------
+    def attach(self, charge_point_id: str, transport: Transport) -> _Connection:
+        """Register a new connection; an older one for the same id is replaced and closed."""
+        old = self._connections.get(charge_point_id)
+        conn = _Connection(charge_point_id, transport, float(self.config.rate_limit_burst))
+        self._connections[charge_point_id] = conn
+        if old is not None:
+            old.log.warning("new connection replaces the old one")
+            self._close_connection(old, "replaced by a new connection")
+            self._spawn(old.transport.close(1000, "replaced by a new connection"))
+        self._seen[charge_point_id] = self.clock()
+        conn.log.info("connected")
+        self._emit(GatewayEvent("connected", charge_point_id))
+        return conn
+
+    def detach(self, conn: _Connection) -> None:
+        """Forget a closed connection (a no-op if it was already replaced)."""
+        if self._connections.get(conn.cp_id) is conn:
+            del self._connections[conn.cp_id]
+            conn.log.info("disconnected")
+            self._seen[conn.cp_id] = self.clock()
+            self._emit(GatewayEvent("disconnected", conn.cp_id))
+        self._close_connection(conn, "connection closed")
+
+    @staticmethod
+    def _close_connection(conn: _Connection, why: str) -> None:
+        conn.closed = True
+        if conn.waiter is not None and not conn.waiter.done():
+            conn.waiter.set_exception(ConnectionLost(conn.cp_id, why))
+
+    async def _throttle(self, conn: _Connection) -> None:
+        now = time.monotonic()
+        rate, burst = self.config.rate_limit_per_s, float(self.config.rate_limit_burst)
+        conn.tokens = min(burst, conn.tokens + (now - conn.refill_at) * rate)
+        conn.refill_at = now
+        if conn.tokens < 1.0:
+            conn.throttled += 1
+            self.stats["throttled"] += 1
+            if conn.throttled == 1 or conn.throttled % 1000 == 0:
+                conn.log.warning("flooding: rate limited to %.0f messages/s", rate)
+            # Not reading the socket meanwhile pushes back on the point through TCP; nothing is lost.
+            await asyncio.sleep((1.0 - conn.tokens) / rate)
+            now = time.monotonic()
+            conn.tokens = min(burst, conn.tokens + (now - conn.refill_at) * rate)
+            conn.refill_at = now
+        conn.tokens -= 1.0
+
+    async def receive(self, conn: _Connection, data: str | bytes) -> None:
+        """Handle one websocket message from ``conn`` (the server calls this in its read loop)."""
+        await self._throttle(conn)
+        self.stats["messages"] += 1
+        cp_id = conn.cp_id
+        self._seen[cp_id] = self.clock()
+        event = conn.protocol.receive(data)
+        if isinstance(event, CallReceived):
+            call = event.call
+            response: dict[str, Any] | None = None
+            try:
+                response = self.central.handle(cp_id, call)
+                text = conn.protocol.send_result(call.unique_id, response)
+            except OcppError as e:
+                conn.log.warning("%s refused: %s", call.action, e)
+                text = conn.protocol.send_error(call.unique_id, e)
+            except Exception:
+                conn.log.exception("%s failed", call.action)
+                text = conn.protocol.send_error(call.unique_id, InternalError(f"{call.action} failed"))
+            self._schedule_commit()
+            await self._send(conn, text)
+            if response is not None:
+                self._after_call(conn, call.action, call.payload, response)
+        elif isinstance(event, ReplyNeeded):
+            self.stats["bad_frames"] += 1
+            conn.log.warning("bad frame: %s", event.error)
+            self._emit(GatewayEvent("bad_frame", cp_id, payload={"code": event.error.code}))
+            await self._send(conn, event.text)
+        elif isinstance(event, AnswerReceived):
+            if conn.waiter is not None and not conn.waiter.done():
+                conn.waiter.set_result(event)
+        elif isinstance(event, Dropped):
+            self.stats["bad_frames"] += 1
+            conn.log.info("frame dropped: %s", event.reason)
+            self._emit(GatewayEvent("bad_frame", cp_id, payload={"code": "dropped", "reason": event.reason}))
+
+    async def _send(self, conn: _Connection, text: str) -> None:
+        try:
+            await conn.transport.send(text)
+        except ConnectionLost:
+            conn.log.info("answer not sent: connection gone")
+
+    def _after_call(
+        self, conn: _Connection, action: str, payload: dict[str, Any], response: dict[str, Any]
+    ) -> None:
+        cp_id = conn.cp_id
+        if (
+            action == "BootNotification"
+            and response["status"] == "Accepted"
+            and self.config.failsafe_current_a is not None
+        ):
+            self._spawn(self._install_failsafe_quietly(cp_id))
+        elif action == "StartTransaction":
+            plan = self._plans.get((cp_id, payload["connectorId"]))
+            if plan is not None:
+                self._spawn(self._redispatch(cp_id, payload["connectorId"]))
+        if self._listeners:
+            self._emit(GatewayEvent("call", cp_id, action, payload, response))
+
+    # --- the command API ------------------------------------------------------------------
+    async def call(self, charge_point_id: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """Send any CS-initiated CALL and return the schema-valid answer payload.
+
+        Raises
+        ------
+        NotConnected, CallTimeout, ConnectionLost
+            No connection, no answer in time, connection gone while waiting.
+        OcppError
+            The point answered with a CALLERROR (``from_charge_point``), or sent an invalid answer.
+        """
+        conn = self._connections.get(charge_point_id)
+        if conn is None:
+            raise NotConnected(charge_point_id, f"not connected (cannot send {action})")
+        if conn.lock is None:
+            conn.lock = asyncio.Lock()
+        async with conn.lock:
+            if conn.closed:
+                raise ConnectionLost(charge_point_id, f"connection closed before {action} was sent")
+            unique_id, text = conn.protocol.send_call(action, payload)
+            waiter: asyncio.Future[AnswerReceived] = asyncio.get_running_loop().create_future()
+            conn.waiter = waiter
+            try:
+                await conn.transport.send(text)
+                async with asyncio.timeout(self.config.call_timeout_s):
+                    answer = await waiter
+            except TimeoutError:
+                conn.log.warning("%s: no answer within %.1f s", action, self.config.call_timeout_s)
+                raise CallTimeout(
+                    charge_point_id, f"{action}: no answer within {self.config.call_timeout_s} s"
+                ) from None
+            finally:
+                conn.waiter = None
+                if conn.protocol.pending_id == unique_id:
+                    conn.protocol.cancel_call()
+                if not waiter.done():
+                    waiter.cancel()
+        if answer.error is not None:
+            raise answer.error
+        assert answer.payload is not None
+        return answer.payload
+
+    async def remote_start_transaction(
+        self,
+        charge_point_id: str,
+        id_tag: str,
+        *,
+        connector_id: int | None = None,
+        charging_profile: ChargingProfile | None = None,
+    ) -> RemoteStartStopStatus:
+        if connector_id is not None and connector_id < 1:
+            # OCPP 1.6 5.11: a remote start names a connector > 0 (or none).
+            raise PropertyConstraintViolation("RemoteStartTransaction connectorId must be > 0")
+        payload: dict[str, Any] = {"idTag": id_tag}
+        if connector_id is not None:
+            payload["connectorId"] = connector_id
+        if charging_profile is not None:
+            payload["chargingProfile"] = charging_profile.to_ocpp()
+        answer = await self.call(charge_point_id, "RemoteStartTransaction", payload)
+        return RemoteStartStopStatus(answer["status"])
+
+    async def remote_stop_transaction(
+        self, charge_point_id: str, transaction_id: int
+    ) -> RemoteStartStopStatus:
+        answer = await self.call(charge_point_id, "RemoteStopTransaction", {"transactionId": transaction_id})
+        return RemoteStartStopStatus(answer["status"])
+
+    async def reset(self, charge_point_id: str, reset_type: ResetType | str = ResetType.soft) -> ResetStatus:
+        answer = await self.call(charge_point_id, "Reset", {"type": str(reset_type)})
+        return ResetStatus(answer["status"])
+
+    async def unlock_connector(self, charge_point_id: str, connector_id: int) -> UnlockStatus:
+        answer = await self.call(charge_point_id, "UnlockConnector", {"connectorId": connector_id})
+        return UnlockStatus(answer["status"])
+
+    async def change_availability(
+        self, charge_point_id: str, connector_id: int, availability: AvailabilityType | str
+    ) -> AvailabilityStatus:
+        answer = await self.call(
+            charge_point_id, "ChangeAvailability", {"connectorId": connector_id, "type": str(availability)}
+        )
+        return AvailabilityStatus(answer["status"])
+
+    async def change_configuration(self, charge_point_id: str, key: str, value: str) -> ConfigurationStatus:
+        answer = await self.call(charge_point_id, "ChangeConfiguration", {"key": key, "value": value})
+        status = ConfigurationStatus(answer["status"])
+        if status in (ConfigurationStatus.accepted, ConfigurationStatus.reboot_required):
+            # AuthorizationKey is the point's Basic-auth password: never stored in clear.
+            stored = "[secret]" if key.lower() == "authorizationkey" else value
+            self.storage.set_config_values(charge_point_id, {key: stored})
+            self._schedule_commit()
+        return status
+
+    async def get_configuration(
+        self, charge_point_id: str, keys: Sequence[str] | None = None
+    ) -> ConfigurationResult:
+        payload: dict[str, Any] = {"key": list(keys)} if keys else {}
+        answer = await self.call(charge_point_id, "GetConfiguration", payload)
+        values = tuple(
+            KeyValue(k["key"], bool(k["readonly"]), k.get("value"))
+            for k in answer.get("configurationKey", [])
+        )
+        if values:
+            self.storage.set_config_values(
+                charge_point_id,
+                {k.key: "[secret]" if k.key.lower() == "authorizationkey" else k.value for k in values},
+            )
+            self._schedule_commit()
+        return ConfigurationResult(values, tuple(answer.get("unknownKey", [])))
+
+    async def clear_cache(self, charge_point_id: str) -> ClearCacheStatus:
+        answer = await self.call(charge_point_id, "ClearCache", {})
+        return ClearCacheStatus(answer["status"])
+
+    async def trigger_message(
+        self,
+        charge_point_id: str,
+        requested_message: MessageTrigger | str,
+        *,
+        connector_id: int | None = None,
+    ) -> TriggerMessageStatus:
+        payload: dict[str, Any] = {"requestedMessage": str(requested_message)}
+        if connector_id is not None:
+            payload["connectorId"] = connector_id
+        answer = await self.call(charge_point_id, "TriggerMessage", payload)
+        return TriggerMessageStatus(answer["status"])
+
+    async def set_charging_profile(
+        self, charge_point_id: str, connector_id: int, profile: ChargingProfile
+    ) -> ChargingProfileStatus:
+        """Send a profile; the profile and the answer (or why there was none) are recorded."""
+        body = profile.to_ocpp()
+        try:
+            answer = await self.call(
+                charge_point_id,
+                "SetChargingProfile",
+                {"connectorId": connector_id, "csChargingProfiles": body},
+            )
+        except GatewayError as e:
+            self.storage.record_profile(charge_point_id, connector_id, body, f"NoAnswer: {e}", self.clock())
+            self._schedule_commit()
+            raise
+        status = ChargingProfileStatus(answer["status"])
+        self.storage.record_profile(charge_point_id, connector_id, body, status.value, self.clock())
+        self._schedule_commit()
+        return status
+
+    async def clear_charging_profile(
+        self,
+        charge_point_id: str,
+        *,
+        profile_id: int | None = None,
+        connector_id: int | None = None,
+        purpose: ChargingProfilePurposeType | str | None = None,
+        stack_level: int | None = None,
+    ) -> ClearChargingProfileStatus:
+        payload: dict[str, Any] = {}
+        if profile_id is not None:
+            payload["id"] = profile_id
+        if connector_id is not None:
+            payload["connectorId"] = connector_id
+        if purpose is not None:
+            payload["chargingProfilePurpose"] = str(purpose)
+        if stack_level is not None:
+            payload["stackLevel"] = stack_level
+        answer = await self.call(charge_point_id, "ClearChargingProfile", payload)
+        return ClearChargingProfileStatus(answer["status"])
+
+    async def get_composite_schedule(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        duration_s: int,
+        *,
+        rate_unit: ChargingRateUnitType | str | None = None,
+    ) -> CompositeSchedule:
+        payload: dict[str, Any] = {"connectorId": connector_id, "duration": duration_s}
+        if rate_unit is not None:
+            payload["chargingRateUnit"] = str(rate_unit)
+        answer = await self.call(charge_point_id, "GetCompositeSchedule", payload)
+        status = GetCompositeScheduleStatus(answer["status"])
+        sched = answer.get("chargingSchedule")
+        if status != GetCompositeScheduleStatus.accepted or not sched:
+            return CompositeSchedule(status, answer.get("connectorId"))
+        start = answer.get("scheduleStart") or sched.get("startSchedule")
+        return CompositeSchedule(
+            status,
+            answer.get("connectorId"),
+            parse_datetime(start) if start else None,
+            ChargingRateUnitType(sched["chargingRateUnit"]),
+            tuple(
+                SchedulePeriod(int(p["startPeriod"]), float(p["limit"]), p.get("numberPhases"))
+                for p in sched["chargingSchedulePeriod"]
+            ),
+            sched.get("duration"),
+        )
+
+    async def send_local_list(
+        self,
+        charge_point_id: str,
+        list_version: int,
+        update_type: UpdateType | str,
+        entries: Sequence[IdTagRecord] = (),
+    ) -> UpdateStatus:
+        authorization_list = []
+        for e in entries:
+            info: dict[str, Any] = {"status": e.status}
+            if e.expiry_date is not None:
+                info["expiryDate"] = format_datetime(e.expiry_date)
+            if e.parent_id_tag is not None:
+                info["parentIdTag"] = e.parent_id_tag
+            authorization_list.append({"idTag": e.id_tag, "idTagInfo": info})
+        payload: dict[str, Any] = {"listVersion": list_version, "updateType": str(update_type)}
+        if authorization_list:
+            payload["localAuthorizationList"] = authorization_list
+        answer = await self.call(charge_point_id, "SendLocalList", payload)
+        return UpdateStatus(answer["status"])
+
+    async def get_local_list_version(self, charge_point_id: str) -> int:
+        answer = await self.call(charge_point_id, "GetLocalListVersion", {})
+        return int(answer["listVersion"])
+
+    async def reserve_now(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        expiry: datetime,
+        id_tag: str,
+        reservation_id: int,
+        *,
+        parent_id_tag: str | None = None,
+    ) -> ReservationStatus:
+        payload: dict[str, Any] = {
+            "connectorId": connector_id,
+            "expiryDate": format_datetime(expiry),
+            "idTag": id_tag,
+            "reservationId": reservation_id,
+        }
+        if parent_id_tag is not None:
+            payload["parentIdTag"] = parent_id_tag
+        answer = await self.call(charge_point_id, "ReserveNow", payload)
+        return ReservationStatus(answer["status"])
+
+    async def cancel_reservation(self, charge_point_id: str, reservation_id: int) -> CancelReservationStatus:
+        answer = await self.call(charge_point_id, "CancelReservation", {"reservationId": reservation_id})
+        return CancelReservationStatus(answer["status"])
+
+    async def get_diagnostics(
+        self,
+        charge_point_id: str,
+        location: str,
+        *,
+        retries: int | None = None,
+        retry_interval_s: int | None = None,
+        start_time: datetime | None = None,
+        stop_time: datetime | None = None,
+    ) -> str | None:
+        """Ask for a diagnostics upload; returns the file name the point will upload, if any."""
+        payload: dict[str, Any] = {"location": location}
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval_s is not None:
+            payload["retryInterval"] = retry_interval_s
+        if start_time is not None:
+            payload["startTime"] = format_datetime(start_time)
+        if stop_time is not None:
+            payload["stopTime"] = format_datetime(stop_time)
+        answer = await self.call(charge_point_id, "GetDiagnostics", payload)
+        return answer.get("fileName")
+
+    async def update_firmware(
+        self,
+        charge_point_id: str,
+        location: str,
+        retrieve_date: datetime,
+        *,
+        retries: int | None = None,
+        retry_interval_s: int | None = None,
+    ) -> None:
+        payload: dict[str, Any] = {"location": location, "retrieveDate": format_datetime(retrieve_date)}
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval_s is not None:
+            payload["retryInterval"] = retry_interval_s
+        await self.call(charge_point_id, "UpdateFirmware", payload)
+
+    async def data_transfer(
+        self, charge_point_id: str, vendor_id: str, *, message_id: str | None = None, data: str | None = None
+    ) -> tuple[DataTransferStatus, str | None]:
+        payload: dict[str, Any] = {"vendorId": vendor_id}
+        if message_id is not None:
+            payload["messageId"] = message_id
+        if data is not None:
+            payload["data"] = data
+        answer = await self.call(charge_point_id, "DataTransfer", payload)
+        return DataTransferStatus(answer["status"]), answer.get("data")
+
+    # --- smart charging -------------------------------------------------------------------
+    async def smart_charging_caps(self, charge_point_id: str) -> tuple[tuple[str, ...], int]:
+        """``(accepted rate units, max periods)``, read once with GetConfiguration and remembered."""
+        values = self.storage.config_values(charge_point_id)
+        if (
+            "ChargingScheduleMaxPeriods" not in values
+            and "ChargingScheduleAllowedChargingRateUnit" not in values
+        ):
+            try:
+                result = await self.get_configuration(charge_point_id, SMART_CHARGING_KEYS)
+            except OcppError as e:
+                log.warning("[%s] GetConfiguration failed (%s); assuming A and W", charge_point_id, e.code)
+                result = ConfigurationResult((), ())
+            values = {k.key: k.value for k in result.keys}
+            # Remember absent keys too, so an old point is not asked again at every dispatch.
+            missing = {k: "" for k in SMART_CHARGING_KEYS if k not in values}
+            if missing:
+                self.storage.set_config_values(charge_point_id, missing)
+                self._schedule_commit()
+        units = parse_rate_units(values.get("ChargingScheduleAllowedChargingRateUnit"))
+        try:
+            max_periods = max(1, int(values.get("ChargingScheduleMaxPeriods") or _DEFAULT_MAX_PERIODS))
+        except ValueError:
+            max_periods = _DEFAULT_MAX_PERIODS
+        return units, max_periods
+
+    async def install_failsafe(self, charge_point_id: str) -> ChargingProfileStatus:
+        """Install the conservative failsafe profile (``config.failsafe_current_a``) on connector 0."""
+        limit_a = self.config.failsafe_current_a
+        if limit_a is None:
+            raise GatewayError("failsafe_current_a is not configured")
+        units, _ = await self.smart_charging_caps(charge_point_id)
+        state = self.central.point(charge_point_id)
+        profile = failsafe_profile(
+            limit_a,
+            purpose=self.config.failsafe_purpose,
+            rate_unit="A" if "A" in units else "W",  # type: ignore[arg-type]
+            phases=state.phases,
+            voltage_v=self.config.voltage_v,
+            profile_id=_FAILSAFE_PROFILE_ID,
+            now=self.clock(),
+        )
+        status = await self.set_charging_profile(charge_point_id, 0, profile)
+        if status != ChargingProfileStatus.accepted:
+            log.warning("[%s] failsafe profile %s", charge_point_id, status.value)
+        return status
+
+    async def _install_failsafe_quietly(self, charge_point_id: str) -> None:
+        try:
+            status: str = (await self.install_failsafe(charge_point_id)).value
+        except GatewayError as e:
+            log.warning("[%s] failsafe profile not installed: %s", charge_point_id, e)
+            status = f"error: {e}"
+        self._emit(GatewayEvent("failsafe", charge_point_id, payload={"status": status}))
+
+    async def dispatch_plan(
+        self,
+        charge_point_id: str,
+        connector_id: int,
+        plan: Sequence[tuple[datetime, float]],
+        *,
+        end: datetime,
+        phases: int | None = None,
+        verify: bool = True,
+    ) -> DispatchResult:
+        """Send a per-interval current plan to a connector and check it took.
+
+        Parameters
+        ----------
+        plan
+            ``(interval start, per-phase limit [A])`` in time order, aware datetimes.
+        end
+            End of the last interval.
+        phases
+            Phases the EV charges on; default the point's.
+        verify
+            Read back GetCompositeSchedule and compare it with the plan.
+
+        A TxProfile if a transaction runs on the connector, else a TxDefaultProfile; the plan is
+        kept and re-sent as a TxProfile when a transaction starts there.
+        """
+        self._plans[(charge_point_id, connector_id)] = (list(plan), end, phases)
+        return await self._dispatch(charge_point_id, connector_id, list(plan), end, phases, verify)
+
+    async def _redispatch(self, charge_point_id: str, connector_id: int) -> None:
+        plan, end, phases = self._plans[(charge_point_id, connector_id)]
+        if end <= self.clock():
+            del self._plans[(charge_point_id, connector_id)]
+            return
+        try:
+            await self._dispatch(charge_point_id, connector_id, plan, end, phases, True)
+        except GatewayError as e:
+            log.warning("[%s] re-dispatch at transaction start failed: %s", charge_point_id, e)
+
+    async def _dispatch(
+        self,
+        cp_id: str,
+        connector_id: int,
+        plan: list[tuple[datetime, float]],
+        end: datetime,
+        phases: int | None,
+        verify: bool,
+    ) -> DispatchResult:
+        state = self.central.point(cp_id)
+        phases = phases or state.phases
+        units, max_periods = await self.smart_charging_caps(cp_id)
+        tx = self.storage.active_transaction(cp_id, connector_id)
+        now = self.clock()
+        profile = plan_to_profile(
+            plan,
+            end=end,
+            now=now,
+            phases=phases,
+            voltage_v=self.config.voltage_v,
+            rate_unit="A" if "A" in units else "W",
+            max_periods=max_periods,
+            purpose="TxProfile" if tx is not None else "TxDefaultProfile",
+            transaction_id=tx.id if tx is not None else None,
+            profile_id=_tx_profile_id(connector_id)
+            if tx is not None
+            else _tx_default_profile_id(connector_id),
+            stack_level=self.config.dispatch_stack_level,
+            fallback_limit_a=self.config.failsafe_current_a,
+        )
+        status = await self.set_charging_profile(cp_id, connector_id, profile)
+        if status != ChargingProfileStatus.accepted:
+            return DispatchResult(status, profile)
+        state.dispatched[connector_id] = (profile, now)
+        state.violations.pop(connector_id, None)
+        if not verify or self.storage.config_values(cp_id).get("_composite_unsupported"):
+            return DispatchResult(status, profile)
+        return await self._verify(cp_id, connector_id, profile, phases, status)
+
+    async def _verify(
+        self,
+        cp_id: str,
+        connector_id: int,
+        profile: ChargingProfile,
+        phases: int,
+        status: ChargingProfileStatus,
+    ) -> DispatchResult:
+        try:
+            composite = await self.get_composite_schedule(cp_id, connector_id, 3600, rate_unit="A")
+        except (NotSupportedAction, NotImplementedAction):
+            self.storage.set_config_values(cp_id, {"_composite_unsupported": "1"})
+            self._schedule_commit()
+            return DispatchResult(status, profile)
+        except OcppError as e:
+            log.info("[%s] GetCompositeSchedule failed: %s", cp_id, e)
+            return DispatchResult(status, profile)
+        now = self.clock()
+        v = self.config.voltage_v
+        ours = limit_at(profile, now, voltage_v=v, phases=phases)
+        theirs = composite.limit_a_at(now, voltage_v=v, phases=phases)
+        if ours is None or theirs is None:
+            return DispatchResult(status, profile, theirs, None)
+        ok = theirs <= ours + self.config.compliance_tolerance_a
+        if not ok:
+            reason = (
+                f"composite schedule {theirs:.1f} A above dispatched {ours:.1f} A on connector {connector_id}"
+            )
+            log.warning("[%s] non-compliant: %s", cp_id, reason)
+            self.storage.set_compliance(cp_id, False, reason)
+        elif self.is_compliant(cp_id) is None:
+            self.storage.set_compliance(cp_id, True, None)
+        self._schedule_commit()
+        return DispatchResult(status, profile, theirs, ok)

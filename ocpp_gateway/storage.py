@@ -1,0 +1,709 @@
+"""What the central system remembers: a small :class:`Storage` protocol and its SQLite implementation.
+
+:class:`SqliteStorage` runs in WAL mode with ``synchronous=NORMAL``: a commit is a write into the
+WAL (no fsync), so a crashed process loses nothing committed; only a power cut can lose the last
+moments. Write methods do not commit; the owner calls :meth:`Storage.commit`. The gateway commits
+once per event-loop turn in which something was written (group commit), so a storm of MeterValues
+costs one commit per turn, not one per frame, and every write is a single short statement on the
+loop thread (tens of microseconds), never a long block. ``autocommit=True`` commits after every
+write, for scripts and tests.
+
+Schema changes are numbered migrations in :data:`MIGRATIONS`; ``schema_version`` records the last
+applied one. A database written by newer code raises :class:`~ocpp_gateway.errors.StorageError`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from ocpp_gateway.errors import StorageError
+from ocpp_gateway.states import TxState
+
+__all__ = [
+    "MIGRATIONS",
+    "ChargePointRecord",
+    "ConnectorRecord",
+    "IdTagRecord",
+    "MeterValueRecord",
+    "NotificationRecord",
+    "ProfileRecord",
+    "SecurityEventRecord",
+    "SqliteStorage",
+    "Storage",
+    "TransactionRecord",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ChargePointRecord:
+    """A charge point as last seen. Times are aware UTC datetimes or None."""
+
+    id: str
+    vendor: str | None
+    model: str | None
+    serial_number: str | None
+    firmware_version: str | None
+    registration_status: str | None
+    last_boot: datetime | None
+    last_seen: datetime | None
+    compliant: bool | None  # None: not checked yet
+    compliance_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorRecord:
+    """One status report of a connector (the latest, or one history entry)."""
+
+    charge_point_id: str
+    connector_id: int
+    status: str
+    error_code: str
+    info: str | None
+    vendor_error_code: str | None
+    timestamp: datetime
+    expected: bool = True  # False: a transition outside the spec's table
+
+
+@dataclass(frozen=True, slots=True)
+class IdTagRecord:
+    """An id tag (RFID card, app token) and what Authorize answers for it."""
+
+    id_tag: str
+    status: str = "Accepted"  # Accepted | Blocked | Expired | Invalid
+    expiry_date: datetime | None = None
+    parent_id_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionRecord:
+    """A charging transaction. Energy in Wh (meter register readings).
+
+    ``orphan`` marks a stop received for a transaction never started here (offline replay);
+    ``reported_id`` is then the id the charge point used.
+    """
+
+    id: int
+    charge_point_id: str
+    connector_id: int | None
+    id_tag: str | None
+    start_time: datetime | None
+    meter_start_wh: int | None
+    stop_time: datetime | None
+    meter_stop_wh: int | None
+    stop_reason: str | None
+    stop_id_tag: str | None
+    reservation_id: int | None
+    orphan: bool
+    reported_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterValueRecord:
+    """One sampled value. ``value`` is the raw text; ``value_num`` it as a number when it is one."""
+
+    charge_point_id: str
+    connector_id: int
+    transaction_id: int | None
+    timestamp: datetime
+    measurand: str
+    phase: str | None
+    location: str
+    context: str
+    unit: str
+    value: str
+    value_num: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRecord:
+    """A charging profile sent to a point and the answer (``Accepted``, ``Rejected``, ``NoAnswer: ...``)."""
+
+    id: int
+    charge_point_id: str
+    connector_id: int
+    purpose: str
+    profile: dict[str, Any]
+    status: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityEventRecord:
+    """A security event, reported by a point (``source='charge_point'``) or seen by us (``'gateway'``)."""
+
+    charge_point_id: str
+    type: str
+    tech_info: str | None
+    timestamp: datetime
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRecord:
+    """DataTransfer, diagnostics and firmware notifications, kept as received."""
+
+    charge_point_id: str
+    action: str
+    payload: dict[str, Any]
+    timestamp: datetime
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What the gateway and the REST API need from a store. All datetimes aware UTC."""
+
+    def commit(self) -> None: ...
+    def close(self) -> None: ...
+
+    # charge points
+    def record_boot(
+        self, charge_point_id: str, *, vendor: str, model: str, serial_number: str | None,
+        firmware_version: str | None, registration_status: str, at: datetime,
+    ) -> None: ...  # fmt: skip
+    def touch(self, seen: dict[str, datetime]) -> None: ...
+    def charge_points(self) -> list[ChargePointRecord]: ...
+    def charge_point(self, charge_point_id: str) -> ChargePointRecord | None: ...
+    def set_compliance(self, charge_point_id: str, compliant: bool, reason: str | None) -> None: ...
+    def set_password_hash(self, charge_point_id: str, password_hash: str | None) -> None: ...
+    def password_hashes(self) -> dict[str, str]: ...
+    def set_config_values(self, charge_point_id: str, values: dict[str, str | None]) -> None: ...
+    def config_values(self, charge_point_id: str) -> dict[str, str | None]: ...
+
+    # connectors
+    def record_status(self, record: ConnectorRecord) -> None: ...
+    def connectors(self, charge_point_id: str | None = None) -> list[ConnectorRecord]: ...
+    def status_history(
+        self, charge_point_id: str, connector_id: int | None = None
+    ) -> list[ConnectorRecord]: ...
+
+    # id tags
+    def put_id_tag(self, record: IdTagRecord) -> None: ...
+    def id_tag(self, id_tag: str) -> IdTagRecord | None: ...
+
+    # transactions
+    def transaction_state(self, charge_point_id: str, transaction_id: int) -> TxState: ...
+    def find_start(
+        self, charge_point_id: str, connector_id: int, id_tag: str, start_time: datetime, meter_start_wh: int
+    ) -> TransactionRecord | None: ...
+    def create_transaction(
+        self, charge_point_id: str, connector_id: int, id_tag: str, start_time: datetime,
+        meter_start_wh: int, reservation_id: int | None,
+    ) -> int: ...  # fmt: skip
+    def close_transaction(
+        self, charge_point_id: str, transaction_id: int, *, stop_time: datetime, meter_stop_wh: int,
+        reason: str | None, id_tag: str | None,
+    ) -> None: ...  # fmt: skip
+    def record_orphan_stop(
+        self, charge_point_id: str, reported_id: int, *, stop_time: datetime, meter_stop_wh: int,
+        reason: str | None, id_tag: str | None,
+    ) -> int: ...  # fmt: skip
+    def transaction(self, transaction_id: int) -> TransactionRecord | None: ...
+    def transactions(
+        self,
+        *,
+        charge_point_id: str | None = None,
+        active: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TransactionRecord]: ...
+    def active_transaction(self, charge_point_id: str, connector_id: int) -> TransactionRecord | None: ...
+    def active_transaction_for_tag(self, id_tag: str) -> TransactionRecord | None: ...
+
+    # meter values, profiles, events
+    def add_meter_values(self, records: Sequence[MeterValueRecord]) -> int: ...
+    def meter_values(
+        self, charge_point_id: str, *, transaction_id: int | None = None, limit: int = 1000
+    ) -> list[MeterValueRecord]: ...
+    def record_profile(
+        self, charge_point_id: str, connector_id: int, profile: dict[str, Any], status: str, at: datetime
+    ) -> int: ...
+    def profiles(self, charge_point_id: str) -> list[ProfileRecord]: ...
+    def record_security_event(self, record: SecurityEventRecord) -> None: ...
+    def security_events(self, charge_point_id: str | None = None) -> list[SecurityEventRecord]: ...
+    def record_notification(self, record: NotificationRecord) -> None: ...
+    def notifications(self, charge_point_id: str) -> list[NotificationRecord]: ...
+
+
+#: Numbered schema migrations; index i + 1 is the version after applying ``MIGRATIONS[i]``.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE charge_points (
+        id TEXT PRIMARY KEY,
+        vendor TEXT, model TEXT, serial_number TEXT, firmware_version TEXT,
+        registration_status TEXT, last_boot TEXT, last_seen TEXT,
+        compliant INTEGER, compliance_reason TEXT,
+        password_hash TEXT
+    );
+    CREATE TABLE charge_point_config (
+        charge_point_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT,
+        PRIMARY KEY (charge_point_id, key)
+    );
+    CREATE TABLE connectors (
+        charge_point_id TEXT NOT NULL, connector_id INTEGER NOT NULL,
+        status TEXT NOT NULL, error_code TEXT NOT NULL, info TEXT, vendor_error_code TEXT,
+        timestamp TEXT NOT NULL,
+        PRIMARY KEY (charge_point_id, connector_id)
+    );
+    CREATE TABLE status_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        charge_point_id TEXT NOT NULL, connector_id INTEGER NOT NULL,
+        status TEXT NOT NULL, error_code TEXT NOT NULL, info TEXT, vendor_error_code TEXT,
+        timestamp TEXT NOT NULL, expected INTEGER NOT NULL
+    );
+    CREATE INDEX status_history_cp ON status_history (charge_point_id, connector_id);
+    CREATE TABLE id_tags (
+        id_tag TEXT PRIMARY KEY, status TEXT NOT NULL, expiry_date TEXT, parent_id_tag TEXT
+    );
+    CREATE TABLE transactions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        charge_point_id TEXT NOT NULL, connector_id INTEGER, id_tag TEXT,
+        start_time TEXT, meter_start_wh INTEGER,
+        stop_time TEXT, meter_stop_wh INTEGER, stop_reason TEXT, stop_id_tag TEXT,
+        reservation_id INTEGER,
+        orphan INTEGER NOT NULL DEFAULT 0, reported_id INTEGER
+    );
+    CREATE UNIQUE INDEX transactions_start ON transactions
+        (charge_point_id, connector_id, id_tag, start_time, meter_start_wh) WHERE orphan = 0;
+    CREATE UNIQUE INDEX transactions_orphan ON transactions
+        (charge_point_id, reported_id, stop_time) WHERE orphan = 1;
+    CREATE INDEX transactions_active ON transactions (charge_point_id, connector_id) WHERE stop_time IS NULL;
+    CREATE TABLE meter_values (
+        charge_point_id TEXT NOT NULL, connector_id INTEGER NOT NULL, transaction_id INTEGER NOT NULL,
+        timestamp TEXT NOT NULL, measurand TEXT NOT NULL, phase TEXT NOT NULL, location TEXT NOT NULL,
+        context TEXT NOT NULL, unit TEXT NOT NULL, value TEXT NOT NULL, value_num REAL,
+        UNIQUE (charge_point_id, connector_id, transaction_id, timestamp, measurand, phase, location, context)
+    );
+    CREATE TABLE profiles (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        charge_point_id TEXT NOT NULL, connector_id INTEGER NOT NULL, purpose TEXT NOT NULL,
+        profile TEXT NOT NULL, status TEXT NOT NULL, sent_at TEXT NOT NULL
+    );
+    CREATE INDEX profiles_cp ON profiles (charge_point_id);
+    CREATE TABLE security_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        charge_point_id TEXT NOT NULL, type TEXT NOT NULL, tech_info TEXT,
+        timestamp TEXT NOT NULL, source TEXT NOT NULL
+    );
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        charge_point_id TEXT NOT NULL, action TEXT NOT NULL, payload TEXT NOT NULL, timestamp TEXT NOT NULL
+    );
+    """,
+)
+
+_NO_TX = -1  # meter_values.transaction_id when the sample belongs to no transaction (UNIQUE needs non-NULL)
+
+
+def _ts(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    return dt.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+class SqliteStorage:
+    """:class:`Storage` in one SQLite file (WAL). Use from one thread (the event loop's).
+
+    Parameters
+    ----------
+    path
+        Database file; ``":memory:"`` for a throw-away store.
+    autocommit
+        Commit after every write (scripts, tests); the gateway leaves it off and commits per loop turn.
+    """
+
+    def __init__(self, path: str | Path, *, autocommit: bool = False) -> None:
+        self.path = str(path)
+        self.autocommit = autocommit
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.DatabaseError as e:
+            raise StorageError(f"{self.path}: {e}") from e
+
+    # -- plumbing ----------------------------------------------------------------------------
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0)
+
+    def _migrate(self) -> None:
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)"
+        )
+        current = self.schema_version
+        if current > len(MIGRATIONS):
+            raise StorageError(
+                f"{self.path}: schema version {current} is newer than this code ({len(MIGRATIONS)})"
+            )
+        for version in range(current + 1, len(MIGRATIONS) + 1):
+            # executescript commits first; each migration is then one explicit transaction.
+            self._db.executescript(
+                "BEGIN;\n"
+                + MIGRATIONS[version - 1]
+                + f"\nINSERT INTO schema_version VALUES ({version}, '{_ts(datetime.now(UTC))}');\nCOMMIT;"
+            )
+
+    def _write(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        cur = self._db.execute(sql, params)
+        if self.autocommit:
+            self._db.commit()
+        return cur
+
+    def commit(self) -> None:
+        if self._db.in_transaction:
+            self._db.commit()
+
+    def close(self) -> None:
+        self.commit()
+        self._db.close()
+
+    # -- charge points -----------------------------------------------------------------------
+    def _ensure_cp(self, charge_point_id: str) -> None:
+        self._db.execute("INSERT OR IGNORE INTO charge_points (id) VALUES (?)", (charge_point_id,))
+
+    def record_boot(
+        self, charge_point_id: str, *, vendor: str, model: str, serial_number: str | None,
+        firmware_version: str | None, registration_status: str, at: datetime,
+    ) -> None:  # fmt: skip
+        self._ensure_cp(charge_point_id)
+        self._write(
+            "UPDATE charge_points SET vendor=?, model=?, serial_number=?, firmware_version=?,"
+            " registration_status=?, last_boot=?, last_seen=? WHERE id=?",
+            (
+                vendor,
+                model,
+                serial_number,
+                firmware_version,
+                registration_status,
+                _ts(at),
+                _ts(at),
+                charge_point_id,
+            ),
+        )
+
+    def touch(self, seen: dict[str, datetime]) -> None:
+        for cp_id in seen:
+            self._ensure_cp(cp_id)
+        self._db.executemany(
+            "UPDATE charge_points SET last_seen=? WHERE id=?", [(_ts(t), cp) for cp, t in seen.items()]
+        )
+        if self.autocommit:
+            self._db.commit()
+
+    _CP_COLS = (
+        "id, vendor, model, serial_number, firmware_version, registration_status, last_boot, last_seen,"
+        " compliant, compliance_reason"
+    )
+
+    @staticmethod
+    def _cp(row: Sequence[Any]) -> ChargePointRecord:
+        return ChargePointRecord(
+            row[0], row[1], row[2], row[3], row[4], row[5], _dt(row[6]), _dt(row[7]),
+            None if row[8] is None else bool(row[8]), row[9],
+        )  # fmt: skip
+
+    def charge_points(self) -> list[ChargePointRecord]:
+        return [
+            self._cp(r) for r in self._db.execute(f"SELECT {self._CP_COLS} FROM charge_points ORDER BY id")
+        ]
+
+    def charge_point(self, charge_point_id: str) -> ChargePointRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._CP_COLS} FROM charge_points WHERE id=?", (charge_point_id,)
+        ).fetchone()
+        return None if row is None else self._cp(row)
+
+    def set_compliance(self, charge_point_id: str, compliant: bool, reason: str | None) -> None:
+        self._ensure_cp(charge_point_id)
+        self._write(
+            "UPDATE charge_points SET compliant=?, compliance_reason=? WHERE id=?",
+            (int(compliant), reason, charge_point_id),
+        )
+
+    def set_password_hash(self, charge_point_id: str, password_hash: str | None) -> None:
+        self._ensure_cp(charge_point_id)
+        self._write("UPDATE charge_points SET password_hash=? WHERE id=?", (password_hash, charge_point_id))
+
+    def password_hashes(self) -> dict[str, str]:
+        rows = self._db.execute("SELECT id, password_hash FROM charge_points WHERE password_hash IS NOT NULL")
+        return dict(rows.fetchall())
+
+    def set_config_values(self, charge_point_id: str, values: dict[str, str | None]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO charge_point_config VALUES (?, ?, ?)",
+            [(charge_point_id, k, v) for k, v in values.items()],
+        )
+        if self.autocommit:
+            self._db.commit()
+
+    def config_values(self, charge_point_id: str) -> dict[str, str | None]:
+        rows = self._db.execute(
+            "SELECT key, value FROM charge_point_config WHERE charge_point_id=?", (charge_point_id,)
+        )
+        return dict(rows.fetchall())
+
+    # -- connectors --------------------------------------------------------------------------
+    def record_status(self, record: ConnectorRecord) -> None:
+        r = record
+        row = (
+            r.charge_point_id,
+            r.connector_id,
+            r.status,
+            r.error_code,
+            r.info,
+            r.vendor_error_code,
+            _ts(r.timestamp),
+        )
+        self._ensure_cp(r.charge_point_id)
+        self._db.execute("INSERT OR REPLACE INTO connectors VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+        self._write(
+            "INSERT INTO status_history (charge_point_id, connector_id, status, error_code, info,"
+            " vendor_error_code, timestamp, expected) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*row, int(r.expected)),
+        )
+
+    def connectors(self, charge_point_id: str | None = None) -> list[ConnectorRecord]:
+        sql = "SELECT * FROM connectors"
+        params: tuple[Any, ...] = ()
+        if charge_point_id is not None:
+            sql += " WHERE charge_point_id=?"
+            params = (charge_point_id,)
+        rows = self._db.execute(sql + " ORDER BY charge_point_id, connector_id", params)
+        return [ConnectorRecord(r[0], r[1], r[2], r[3], r[4], r[5], _dt(r[6])) for r in rows]  # type: ignore[arg-type]
+
+    def status_history(self, charge_point_id: str, connector_id: int | None = None) -> list[ConnectorRecord]:
+        sql = (
+            "SELECT charge_point_id, connector_id, status, error_code, info, vendor_error_code, timestamp,"
+            " expected FROM status_history WHERE charge_point_id=?"
+        )
+        params: tuple[Any, ...] = (charge_point_id,)
+        if connector_id is not None:
+            sql += " AND connector_id=?"
+            params += (connector_id,)
+        rows = self._db.execute(sql + " ORDER BY id", params)
+        return [ConnectorRecord(r[0], r[1], r[2], r[3], r[4], r[5], _dt(r[6]), bool(r[7])) for r in rows]  # type: ignore[arg-type]
+
+    # -- id tags -----------------------------------------------------------------------------
+    def put_id_tag(self, record: IdTagRecord) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO id_tags VALUES (?, ?, ?, ?)",
+            (record.id_tag, record.status, _ts(record.expiry_date), record.parent_id_tag),
+        )
+
+    def id_tag(self, id_tag: str) -> IdTagRecord | None:
+        row = self._db.execute("SELECT * FROM id_tags WHERE id_tag=?", (id_tag,)).fetchone()
+        return None if row is None else IdTagRecord(row[0], row[1], _dt(row[2]), row[3])
+
+    # -- transactions ------------------------------------------------------------------------
+    _TX_COLS = (
+        "id, charge_point_id, connector_id, id_tag, start_time, meter_start_wh, stop_time, meter_stop_wh,"
+        " stop_reason, stop_id_tag, reservation_id, orphan, reported_id"
+    )
+
+    @staticmethod
+    def _tx(r: Sequence[Any]) -> TransactionRecord:
+        return TransactionRecord(
+            r[0], r[1], r[2], r[3], _dt(r[4]), r[5], _dt(r[6]), r[7], r[8], r[9], r[10], bool(r[11]), r[12]
+        )
+
+    def transaction_state(self, charge_point_id: str, transaction_id: int) -> TxState:
+        row = self._db.execute(
+            "SELECT stop_time FROM transactions WHERE id=? AND charge_point_id=? AND orphan=0",
+            (transaction_id, charge_point_id),
+        ).fetchone()
+        if row is None:
+            return TxState.UNKNOWN
+        return TxState.ACTIVE if row[0] is None else TxState.STOPPED
+
+    def find_start(
+        self, charge_point_id: str, connector_id: int, id_tag: str, start_time: datetime, meter_start_wh: int
+    ) -> TransactionRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._TX_COLS} FROM transactions WHERE charge_point_id=? AND connector_id=?"
+            " AND id_tag=? AND start_time=? AND meter_start_wh=? AND orphan=0",
+            (charge_point_id, connector_id, id_tag, _ts(start_time), meter_start_wh),
+        ).fetchone()
+        return None if row is None else self._tx(row)
+
+    def create_transaction(
+        self, charge_point_id: str, connector_id: int, id_tag: str, start_time: datetime,
+        meter_start_wh: int, reservation_id: int | None,
+    ) -> int:  # fmt: skip
+        cur = self._write(
+            "INSERT INTO transactions (charge_point_id, connector_id, id_tag, start_time, meter_start_wh,"
+            " reservation_id) VALUES (?, ?, ?, ?, ?, ?)",
+            (charge_point_id, connector_id, id_tag, _ts(start_time), meter_start_wh, reservation_id),
+        )
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def close_transaction(
+        self, charge_point_id: str, transaction_id: int, *, stop_time: datetime, meter_stop_wh: int,
+        reason: str | None, id_tag: str | None,
+    ) -> None:  # fmt: skip
+        self._write(
+            "UPDATE transactions SET stop_time=?, meter_stop_wh=?, stop_reason=?, stop_id_tag=?"
+            " WHERE id=? AND charge_point_id=? AND stop_time IS NULL",
+            (_ts(stop_time), meter_stop_wh, reason, id_tag, transaction_id, charge_point_id),
+        )
+
+    def record_orphan_stop(
+        self, charge_point_id: str, reported_id: int, *, stop_time: datetime, meter_stop_wh: int,
+        reason: str | None, id_tag: str | None,
+    ) -> int:  # fmt: skip
+        cur = self._write(
+            "INSERT OR IGNORE INTO transactions (charge_point_id, id_tag, stop_time, meter_stop_wh,"
+            " stop_reason, stop_id_tag, orphan, reported_id) VALUES (?, ?, ?, ?, ?, ?, 1, ?)",
+            (charge_point_id, id_tag, _ts(stop_time), meter_stop_wh, reason, id_tag, reported_id),
+        )
+        if cur.rowcount:
+            return int(cur.lastrowid)  # type: ignore[arg-type]
+        row = self._db.execute(
+            "SELECT id FROM transactions WHERE charge_point_id=? AND reported_id=? AND stop_time=?"
+            " AND orphan=1",
+            (charge_point_id, reported_id, _ts(stop_time)),
+        ).fetchone()
+        return int(row[0])
+
+    def transaction(self, transaction_id: int) -> TransactionRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._TX_COLS} FROM transactions WHERE id=?", (transaction_id,)
+        ).fetchone()
+        return None if row is None else self._tx(row)
+
+    def transactions(
+        self,
+        *,
+        charge_point_id: str | None = None,
+        active: bool | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[TransactionRecord]:
+        where, params = [], []
+        if charge_point_id is not None:
+            where.append("charge_point_id=?")
+            params.append(charge_point_id)
+        if active is not None:
+            where.append("stop_time IS NULL" if active else "stop_time IS NOT NULL")
+        sql = f"SELECT {self._TX_COLS} FROM transactions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ? OFFSET ?"
+        return [self._tx(r) for r in self._db.execute(sql, (*params, limit, offset))]
+
+    def active_transaction(self, charge_point_id: str, connector_id: int) -> TransactionRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._TX_COLS} FROM transactions WHERE charge_point_id=? AND connector_id=?"
+            " AND stop_time IS NULL AND orphan=0 ORDER BY id DESC LIMIT 1",
+            (charge_point_id, connector_id),
+        ).fetchone()
+        return None if row is None else self._tx(row)
+
+    def active_transaction_for_tag(self, id_tag: str) -> TransactionRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._TX_COLS} FROM transactions WHERE id_tag=? AND stop_time IS NULL AND orphan=0"
+            " ORDER BY id DESC LIMIT 1",
+            (id_tag,),
+        ).fetchone()
+        return None if row is None else self._tx(row)
+
+    # -- meter values ------------------------------------------------------------------------
+    def add_meter_values(self, records: Sequence[MeterValueRecord]) -> int:
+        before = self._db.total_changes
+        self._db.executemany(
+            "INSERT OR IGNORE INTO meter_values VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    r.charge_point_id, r.connector_id,
+                    _NO_TX if r.transaction_id is None else r.transaction_id,
+                    _ts(r.timestamp), r.measurand, r.phase or "", r.location, r.context, r.unit, r.value,
+                    r.value_num,
+                )
+                for r in records
+            ],
+        )  # fmt: skip
+        if self.autocommit:
+            self._db.commit()
+        return self._db.total_changes - before
+
+    def meter_values(
+        self, charge_point_id: str, *, transaction_id: int | None = None, limit: int = 1000
+    ) -> list[MeterValueRecord]:
+        sql = "SELECT * FROM meter_values WHERE charge_point_id=?"
+        params: list[Any] = [charge_point_id]
+        if transaction_id is not None:
+            sql += " AND transaction_id=?"
+            params.append(transaction_id)
+        rows = self._db.execute(sql + " ORDER BY timestamp, measurand, phase LIMIT ?", (*params, limit))
+        return [
+            MeterValueRecord(
+                r[0], r[1], None if r[2] == _NO_TX else r[2], _dt(r[3]),  # type: ignore[arg-type]
+                r[4], r[5] or None, r[6], r[7], r[8], r[9], r[10],
+            )
+            for r in rows
+        ]  # fmt: skip
+
+    # -- profiles, security events, notifications ---------------------------------------------
+    def record_profile(
+        self, charge_point_id: str, connector_id: int, profile: dict[str, Any], status: str, at: datetime
+    ) -> int:
+        cur = self._write(
+            "INSERT INTO profiles (charge_point_id, connector_id, purpose, profile, status, sent_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                charge_point_id, connector_id, str(profile.get("chargingProfilePurpose", "")),
+                json.dumps(profile, separators=(",", ":")), status, _ts(at),
+            ),
+        )  # fmt: skip
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def profiles(self, charge_point_id: str) -> list[ProfileRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM profiles WHERE charge_point_id=? ORDER BY id", (charge_point_id,)
+        )
+        return [ProfileRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], _dt(r[6])) for r in rows]  # type: ignore[arg-type]
+
+    def record_security_event(self, record: SecurityEventRecord) -> None:
+        self._write(
+            "INSERT INTO security_events (charge_point_id, type, tech_info, timestamp, source)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (record.charge_point_id, record.type, record.tech_info, _ts(record.timestamp), record.source),
+        )
+
+    def security_events(self, charge_point_id: str | None = None) -> list[SecurityEventRecord]:
+        sql = "SELECT charge_point_id, type, tech_info, timestamp, source FROM security_events"
+        params: tuple[Any, ...] = ()
+        if charge_point_id is not None:
+            sql += " WHERE charge_point_id=?"
+            params = (charge_point_id,)
+        return [
+            SecurityEventRecord(r[0], r[1], r[2], _dt(r[3]), r[4])
+            for r in self._db.execute(sql + " ORDER BY id", params)
+        ]  # type: ignore[arg-type]
+
+    def record_notification(self, record: NotificationRecord) -> None:
+        self._write(
+            "INSERT INTO notifications (charge_point_id, action, payload, timestamp) VALUES (?, ?, ?, ?)",
+            (record.charge_point_id, record.action, json.dumps(record.payload), _ts(record.timestamp)),
+        )
+
+    def notifications(self, charge_point_id: str) -> list[NotificationRecord]:
+        rows = self._db.execute(
+            "SELECT charge_point_id, action, payload, timestamp FROM notifications"
+            " WHERE charge_point_id=? ORDER BY id",
+            (charge_point_id,),
+        )
+        return [NotificationRecord(r[0], r[1], json.loads(r[2]), _dt(r[3])) for r in rows]  # type: ignore[arg-type]

@@ -1,0 +1,205 @@
+"""REST read endpoints (TestClient and a real uvicorn on port 0) and ``noxblock serve`` as a process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from ocpp_helpers import T0, basic_auth, gateway_config
+from websockets.asyncio.client import connect
+
+from noxblock.api import create_app
+from noxblock.serve import DB_NAME, add_arguments, build_config, start_services
+from ocpp_gateway import SqliteStorage
+
+SITE = """
+[site]
+id = "test-street"
+voltage_v = 230.0
+max_current_a = 63.0
+
+[[charge_points]]
+id = "LP01"
+phases = 3
+max_current_a = 16.0
+password = "lamp-key-01-xyz"
+
+[[charge_points]]
+id = "LP02"
+phases = 1
+max_current_a = 16.0
+"""
+
+
+def test_rest_from_a_store_with_testclient(tmp_path: Path):
+    storage = SqliteStorage(tmp_path / "api.sqlite", autocommit=True)
+    storage.record_boot(
+        "CP01",
+        vendor="V",
+        model="M",
+        serial_number=None,
+        firmware_version="1.2",
+        registration_status="Accepted",
+        at=T0,
+    )
+    tx = storage.create_transaction("CP01", 1, "TAG", T0, 100, None)
+    storage.close_transaction(
+        "CP01", tx, stop_time=T0 + timedelta(hours=2), meter_stop_wh=9100, reason="Local", id_tag=None
+    )
+    client = TestClient(create_app(storage))
+    cps = client.get("/api/v1/charge-points").json()
+    assert cps[0]["id"] == "CP01" and cps[0]["connected"] is False and cps[0]["firmware_version"] == "1.2"
+    (t,) = client.get("/api/v1/transactions").json()
+    assert (t["id"], t["charge_point_id"], t["connector_id"], t["id_tag"]) == (tx, "CP01", 1, "TAG")
+    assert (t["meter_start_wh"], t["meter_stop_wh"]) == (100, 9100)
+    assert t["start_time"].startswith("2024-01-15T17:00:00") and t["stop_time"].startswith(
+        "2024-01-15T19:00:00"
+    )
+    assert client.get("/api/v1/transactions", params={"active": True}).json() == []
+    spec = client.get("/api/v1/openapi.json").json()
+    assert {"/api/v1/charge-points", "/api/v1/transactions"} <= set(spec["paths"])
+    storage.close()
+
+
+@pytest.mark.asyncio
+async def test_rest_over_real_uvicorn_with_live_gateway(tmp_path: Path):
+    services = await start_services(gateway_config(), tmp_path, port=0, api_port=0)
+    try:
+        gw = services.gateway
+        connected = asyncio.ensure_future(gw.wait_for(lambda e: e.kind == "connected"))
+        async with connect(gw.url + "CP01", subprotocols=["ocpp1.6"]) as ws:
+            await connected
+            await ws.send(
+                json.dumps(
+                    [
+                        2,
+                        "1",
+                        "StatusNotification",
+                        {"connectorId": 1, "errorCode": "NoError", "status": "Charging"},
+                    ]
+                )
+            )
+            await ws.recv()
+            await ws.send(
+                json.dumps(
+                    [
+                        2,
+                        "2",
+                        "StartTransaction",
+                        {
+                            "connectorId": 1,
+                            "idTag": "T",
+                            "meterStart": 5,
+                            "timestamp": "2024-01-15T17:00:00Z",
+                        },
+                    ]
+                )
+            )
+            await ws.recv()
+            async with httpx.AsyncClient(base_url=services.api_url) as http:
+                (cp,) = (await http.get("/charge-points")).json()
+                assert cp["id"] == "CP01" and cp["connected"] is True and cp["last_seen"] is not None
+                assert cp["connectors"] == [
+                    {
+                        "connector_id": 1,
+                        "status": "Charging",
+                        "error_code": "NoError",
+                        "info": None,
+                        "timestamp": cp["connectors"][0]["timestamp"],
+                    }
+                ]
+                (tx,) = (await http.get("/transactions", params={"active": True})).json()
+                assert tx["meter_start_wh"] == 5 and tx["stop_time"] is None
+                assert (await http.get("/openapi.json")).status_code == 200
+    finally:
+        await services.stop()
+
+
+def serve_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    site = tmp_path / "site.toml"
+    site.write_text(SITE)
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(["--site", str(site), "--data-dir", str(tmp_path / "var"), *extra])
+
+
+def test_site_file_makes_known_points_with_hashed_passwords(tmp_path: Path):
+    config = build_config(serve_args(tmp_path))
+    lp01, lp02 = config.known("LP01"), config.known("LP02")
+    assert lp01.password_hash.startswith("scrypt$") and "lamp-key" not in lp01.password_hash
+    assert lp02.password_hash is None and lp02.phases == 1
+    assert config.allow_profile_0  # LP02 has no password
+    assert config.known("LP99") is None
+
+
+@pytest.mark.asyncio
+async def test_noxblock_serve_process_shuts_down_cleanly_and_keeps_its_data(tmp_path: Path):
+    args = serve_args(tmp_path)
+    code = (
+        "import argparse, sys; from noxblock.serve import add_arguments, run; "
+        "p = argparse.ArgumentParser(); add_arguments(p); sys.exit(run(p.parse_args(sys.argv[1:])))"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        "--site",
+        args.site,
+        "--data-dir",
+        args.data_dir,
+        "--port",
+        "0",
+        "--api-port",
+        "0",
+        "--failsafe-current-a",
+        "-1",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        async with asyncio.timeout(60):
+            line = (await proc.stdout.readline()).decode()
+        assert line.startswith("noxblock serve: OCPP ws://"), line
+        ocpp_url = line.split()[3].removesuffix("{id}")
+        api_url = line.split()[5]
+        async with connect(
+            ocpp_url + "LP01",
+            subprotocols=["ocpp1.6"],
+            additional_headers=basic_auth("LP01", "lamp-key-01-xyz"),
+        ) as ws:
+            await ws.send(
+                json.dumps([2, "1", "BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"}])
+            )
+            assert json.loads(await ws.recv())[2]["status"] == "Accepted"
+            async with httpx.AsyncClient(base_url=api_url) as http:
+                cps = {c["id"]: c for c in (await http.get("/charge-points")).json()}
+                assert cps["LP01"]["connected"] is True and cps["LP01"]["registration_status"] == "Accepted"
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    storage = SqliteStorage(Path(args.data_dir) / DB_NAME)
+    assert storage.charge_point("LP01").registration_status == "Accepted"
+    assert "LP01" in storage.password_hashes()
+    storage.close()
+
+
+def test_serve_bad_site_file_exits_2(tmp_path: Path, capsys):
+    from noxblock.serve import run
+
+    args = serve_args(tmp_path)
+    Path(args.site).write_text("[site]\nid = 3\n")
+    assert run(args) == 2
+    assert "site.toml" in capsys.readouterr().err

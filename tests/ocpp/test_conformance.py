@@ -1,0 +1,845 @@
+"""Conformance suite modelled on the OCA compliance tool's (OCTT) OCPP 1.6 central-system cases.
+
+One test per case, its id in the name. The tool plays the charge point and checks what the central
+system sends and stores; here a raw-frame charge point plays the same script and the test checks
+our answers, commands and records. Cases that only test a charge point, or features a central
+system without a certificate authority cannot offer, are not here (see the report in the README
+of ``ocpp_gateway``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from ocpp.v16.enums import (
+    AvailabilityStatus,
+    CancelReservationStatus,
+    ChargingProfileStatus,
+    ClearCacheStatus,
+    ClearChargingProfileStatus,
+    ConfigurationStatus,
+    DataTransferStatus,
+    GetCompositeScheduleStatus,
+    RemoteStartStopStatus,
+    ReservationStatus,
+    ResetStatus,
+    TriggerMessageStatus,
+    UnlockStatus,
+    UpdateStatus,
+)
+from ocpp_helpers import T0, FakeChargePoint, basic_auth, iso
+from websockets.exceptions import InvalidStatus
+
+from ocpp_gateway import IdTagRecord, KnownChargePoint, hash_password
+from ocpp_gateway.dispatch import ChargingProfile, SchedulePeriod
+from ocpp_gateway.errors import PropertyConstraintViolation
+
+pytestmark = pytest.mark.asyncio
+
+TAG = "OCTT-TAG-1"
+
+
+def accepted(_: dict[str, Any]) -> dict[str, Any]:
+    return {"status": "Accepted"}
+
+
+async def booted(make_cp, cp_id: str = "CP01", **kwargs: Any) -> FakeChargePoint:
+    cp = await make_cp(cp_id, **kwargs)
+    assert (await cp.boot())["status"] == "Accepted"
+    await cp.status(0, "Available")
+    await cp.status(1, "Available")
+    return cp
+
+
+async def command(cp: FakeChargePoint, coro: Any, answer: dict[str, Any]) -> tuple[list[Any], Any]:
+    task = asyncio.ensure_future(coro)
+    frame = await cp.next_cs_call()
+    await cp.answer(frame, answer)
+    return frame, await task
+
+
+def statuses(gateway, connector_id: int = 1) -> list[str]:
+    return [h.status for h in gateway.storage.status_history("CP01", connector_id)]
+
+
+async def charge(cp: FakeChargePoint, tag: str = TAG, at: datetime = T0, *, authorize: bool = True) -> int:
+    if authorize:
+        assert (await cp.call("Authorize", {"idTag": tag}))["idTagInfo"]["status"] == "Accepted"
+    await cp.status(1, "Preparing")
+    answer = await cp.start(1, tag, 1000, at=at)
+    assert answer["idTagInfo"]["status"] == "Accepted"
+    await cp.status(1, "Charging")
+    return answer["transactionId"]
+
+
+@pytest.fixture(autouse=True)
+def _known_tag(gateway):
+    gateway.put_id_tag(IdTagRecord(TAG))
+    gateway.put_id_tag(IdTagRecord("OCTT-INVALID", status="Invalid"))
+    gateway.put_id_tag(IdTagRecord("OCTT-EXPIRED", expiry_date=T0 - timedelta(days=1)))
+    gateway.put_id_tag(IdTagRecord("OCTT-BLOCKED", status="Blocked"))
+    gateway.put_id_tag(IdTagRecord("OCTT-CHILD", parent_id_tag="OCTT-PARENT"))
+
+
+# --- Core: boot, sessions -----------------------------------------------------------------------
+
+
+async def test_tc_001_cold_boot_charge_point(gateway, make_cp):
+    cp = await booted(make_cp)
+    assert (await cp.call("Heartbeat", {}))["currentTime"]
+    assert gateway.storage.charge_point("CP01").registration_status == "Accepted"
+    assert {c.connector_id for c in gateway.storage.connectors("CP01")} == {0, 1}
+
+
+async def test_tc_002_cold_boot_charge_point_pending(make_gateway, make_cp):
+    gw = await make_gateway(db="pending.sqlite", unknown_policy="Pending")
+    cp = await make_cp("NEWPOINT", gw=gw)
+    assert (await cp.boot())["status"] == "Pending"
+    # While Pending the central system may still configure the point.
+    cp.handlers["GetConfiguration"] = lambda p: {"configurationKey": [], "unknownKey": p.get("key", [])}
+    assert (await gw.get_configuration("NEWPOINT", ["HeartbeatInterval"])).unknown_keys == (
+        "HeartbeatInterval",
+    )
+
+
+async def test_tc_003_regular_charging_session_plugin_first(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    await cp.call(
+        "MeterValues",
+        {
+            "connectorId": 1,
+            "transactionId": tx,
+            "meterValue": [
+                {"timestamp": iso(T0 + timedelta(minutes=1)), "sampledValue": [{"value": "1500"}]}
+            ],
+        },
+    )
+    await cp.stop(tx, 2000, at=T0 + timedelta(minutes=2), idTag=TAG)
+    await cp.status(1, "Finishing")
+    await cp.status(1, "Available")
+    assert statuses(gateway) == ["Available", "Preparing", "Charging", "Finishing", "Available"]
+    record = gateway.storage.transaction(tx)
+    assert record.meter_stop_wh == 2000 and record.stop_reason == "Local"
+
+
+async def test_tc_004_1_regular_charging_session_identification_first(gateway, make_cp):
+    cp = await booted(make_cp)
+    assert (await cp.call("Authorize", {"idTag": TAG}))["idTagInfo"]["status"] == "Accepted"
+    tx = await charge(cp, authorize=False)
+    await cp.stop(tx, 3000, at=T0 + timedelta(minutes=5))
+    assert gateway.storage.transaction(tx).stop_time is not None
+
+
+async def test_tc_004_2_regular_charging_session_identification_first_connection_timeout(gateway, make_cp):
+    cp = await booted(make_cp)
+    await cp.call("Authorize", {"idTag": TAG})
+    await cp.status(1, "Preparing")
+    await cp.status(1, "Available")  # ConnectionTimeOut elapsed, no cable
+    assert gateway.storage.transactions() == []
+    assert statuses(gateway)[-2:] == ["Preparing", "Available"]
+
+
+async def test_tc_005_1_ev_side_disconnected(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    await cp.status(1, "SuspendedEV")
+    await cp.stop(tx, 2500, at=T0 + timedelta(minutes=3), reason="EVDisconnected")
+    await cp.status(1, "Finishing")
+    assert gateway.storage.transaction(tx).stop_reason == "EVDisconnected"
+
+
+async def test_tc_007_regular_start_charging_session_cached_id(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp, authorize=False)  # authorised from the point's cache: no Authorize
+    assert gateway.storage.transaction(tx).id_tag == TAG
+
+
+async def test_tc_010_remote_start_charging_session_cable_plugged_in_first(gateway, make_cp):
+    cp = await booted(make_cp)
+    await cp.status(1, "Preparing")
+    frame, status = await command(
+        cp, gateway.remote_start_transaction("CP01", TAG, connector_id=1), accepted({})
+    )
+    assert status == RemoteStartStopStatus.accepted and frame[3] == {"idTag": TAG, "connectorId": 1}
+    answer = await cp.start(1, TAG)
+    assert answer["idTagInfo"]["status"] == "Accepted"
+
+
+async def test_tc_011_1_remote_start_charging_session_remote_start_first(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(cp, gateway.remote_start_transaction("CP01", TAG), accepted({}))
+    assert status == RemoteStartStopStatus.accepted
+    await cp.status(1, "Preparing")
+    assert (await cp.start(1, TAG))["transactionId"] > 0
+
+
+async def test_tc_011_2_remote_start_charging_session_time_out(gateway, make_cp):
+    cp = await booted(make_cp)
+    await command(cp, gateway.remote_start_transaction("CP01", TAG, connector_id=1), accepted({}))
+    await cp.status(1, "Preparing")
+    await cp.status(1, "Available")  # no cable within ConnectionTimeOut
+    assert gateway.storage.transactions() == []
+
+
+async def test_tc_012_remote_stop_charging_session(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    frame, status = await command(cp, gateway.remote_stop_transaction("CP01", tx), accepted({}))
+    assert status == RemoteStartStopStatus.accepted and frame[3] == {"transactionId": tx}
+    await cp.stop(tx, 2000, reason="Remote")
+    assert gateway.storage.transaction(tx).stop_reason == "Remote"
+
+
+async def _reset_and_reboot(
+    gateway, make_cp, cp: FakeChargePoint, kind: str, tx: int | None
+) -> FakeChargePoint:
+    frame, status = await command(cp, gateway.reset("CP01", kind), accepted({}))
+    assert frame[3] == {"type": kind} and status == ResetStatus.accepted
+    if tx is not None:
+        await cp.stop(tx, 1800, reason="HardReset" if kind == "Hard" else "SoftReset")
+    await cp.close()
+    return await booted(make_cp)
+
+
+async def test_tc_013_hard_reset_without_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    await _reset_and_reboot(gateway, make_cp, cp, "Hard", None)
+    assert gateway.is_connected("CP01")
+
+
+async def test_tc_014_soft_reset_without_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    await _reset_and_reboot(gateway, make_cp, cp, "Soft", None)
+    assert gateway.is_connected("CP01")
+
+
+async def test_tc_015_hard_reset_with_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    await _reset_and_reboot(gateway, make_cp, cp, "Hard", tx)
+    assert gateway.storage.transaction(tx).stop_reason == "HardReset"
+
+
+async def test_tc_016_soft_reset_with_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    await _reset_and_reboot(gateway, make_cp, cp, "Soft", tx)
+    assert gateway.storage.transaction(tx).stop_reason == "SoftReset"
+
+
+async def test_tc_017_1_unlock_connector_no_charging_session_running_not_fixed_cable(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(cp, gateway.unlock_connector("CP01", 1), {"status": "Unlocked"})
+    assert status == UnlockStatus.unlocked
+
+
+async def test_tc_017_2_unlock_connector_no_charging_session_running_fixed_cable(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(cp, gateway.unlock_connector("CP01", 1), {"status": "NotSupported"})
+    assert status == UnlockStatus.not_supported
+
+
+async def test_tc_018_1_unlock_connector_with_charging_session(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    _, status = await command(cp, gateway.unlock_connector("CP01", 1), {"status": "Unlocked"})
+    await cp.stop(tx, 1900, reason="UnlockCommand")
+    assert status == UnlockStatus.unlocked and gateway.storage.transaction(tx).stop_reason == "UnlockCommand"
+
+
+async def test_tc_019_1_retrieve_all_configuration_keys(gateway, make_cp):
+    cp = await booted(make_cp)
+    keys = [
+        {"key": "HeartbeatInterval", "readonly": False, "value": "300"},
+        {"key": "NumberOfConnectors", "readonly": True, "value": "1"},
+    ]
+    frame, result = await command(cp, gateway.get_configuration("CP01"), {"configurationKey": keys})
+    assert frame[3] == {} and [k.key for k in result.keys] == ["HeartbeatInterval", "NumberOfConnectors"]
+
+
+async def test_tc_019_2_retrieve_specific_configuration_key(gateway, make_cp):
+    cp = await booted(make_cp)
+    answer = {"configurationKey": [{"key": "SupportedFeatureProfiles", "readonly": True, "value": "Core"}]}
+    frame, result = await command(cp, gateway.get_configuration("CP01", ["SupportedFeatureProfiles"]), answer)
+    assert (
+        frame[3] == {"key": ["SupportedFeatureProfiles"]} and result.get("SupportedFeatureProfiles") == "Core"
+    )
+
+
+async def test_tc_021_change_set_configuration(gateway, make_cp):
+    cp = await booted(make_cp)
+    frame, status = await command(
+        cp, gateway.change_configuration("CP01", "MeterValueSampleInterval", "60"), accepted({})
+    )
+    assert status == ConfigurationStatus.accepted and frame[3] == {
+        "key": "MeterValueSampleInterval",
+        "value": "60",
+    }
+    assert gateway.storage.config_values("CP01")["MeterValueSampleInterval"] == "60"
+
+
+@pytest.mark.parametrize(
+    ("case", "tag", "status"),
+    [
+        ("1", "OCTT-INVALID", "Invalid"),
+        ("2", "OCTT-EXPIRED", "Expired"),
+        ("3", "OCTT-BLOCKED", "Blocked"),
+    ],
+)
+async def test_tc_023_start_charging_session_authorize_invalid_expired_blocked(
+    gateway, make_cp, case, tag, status
+):
+    cp = await booted(make_cp)
+    assert (await cp.call("Authorize", {"idTag": tag}))["idTagInfo"]["status"] == status
+    assert (await cp.call("Authorize", {"idTag": "NEVER-SEEN"}))["idTagInfo"]["status"] == "Invalid"
+
+
+async def test_tc_024_start_charging_session_lock_failure(gateway, make_cp):
+    cp = await booted(make_cp)
+    await cp.call("Authorize", {"idTag": TAG})
+    await cp.status(1, "Preparing")
+    await cp.status(1, "Faulted", error_code="ConnectorLockFailure")
+    latest = {c.connector_id: c for c in gateway.storage.connectors("CP01")}
+    assert latest[1].status == "Faulted" and latest[1].error_code == "ConnectorLockFailure"
+
+
+async def test_tc_026_remote_start_charging_session_rejected(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(
+        cp, gateway.remote_start_transaction("CP01", TAG, connector_id=1), {"status": "Rejected"}
+    )
+    assert status == RemoteStartStopStatus.rejected
+
+
+async def test_tc_027_remote_start_transaction_connector_id_shall_not_be_0(gateway, make_cp):
+    cp = await booted(make_cp)
+    with pytest.raises(PropertyConstraintViolation):
+        await gateway.remote_start_transaction("CP01", TAG, connector_id=0)
+    assert cp.cs_calls.empty() and cp.received_calls == []
+
+
+async def test_tc_028_remote_stop_transaction_rejected(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(cp, gateway.remote_stop_transaction("CP01", 999), {"status": "Rejected"})
+    assert status == RemoteStartStopStatus.rejected
+
+
+async def test_tc_030_unlock_connector_unlock_failure(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(cp, gateway.unlock_connector("CP01", 1), {"status": "UnlockFailed"})
+    assert status == UnlockStatus.unlock_failed
+
+
+async def test_tc_031_unlock_connector_unknown_connector(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(cp, gateway.unlock_connector("CP01", 7), {"status": "NotSupported"})
+    assert status == UnlockStatus.not_supported
+
+
+async def test_tc_032_1_power_failure_boot_charging_point_stop_transactions(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    await cp.close()  # power gone
+    cp = await booted(make_cp)
+    await cp.stop(tx, 2100, at=T0 + timedelta(minutes=10), reason="PowerLoss")
+    assert gateway.storage.transaction(tx).stop_reason == "PowerLoss"
+
+
+async def test_tc_034_power_failure_with_unavailable_status(gateway, make_cp):
+    cp = await booted(make_cp)
+    await cp.status(1, "Unavailable")
+    await cp.close()
+    cp = await make_cp()
+    await cp.boot()
+    await cp.status(1, "Unavailable")  # the point remembers it was set Inoperative
+    assert statuses(gateway)[-1] == "Unavailable"
+
+
+async def test_tc_036_connection_loss_during_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    await cp.close()
+    cp = await make_cp()  # reconnects without a boot; queued messages follow
+    await cp.call(
+        "MeterValues",
+        {
+            "connectorId": 1,
+            "transactionId": tx,
+            "meterValue": [
+                {"timestamp": iso(T0 + timedelta(minutes=m)), "sampledValue": [{"value": str(1000 + m)}]}
+                for m in (1, 2)
+            ],
+        },
+    )
+    await cp.stop(tx, 1002, at=T0 + timedelta(minutes=3))
+    assert len(gateway.storage.meter_values("CP01", transaction_id=tx)) == 2
+    assert gateway.storage.transaction(tx).meter_stop_wh == 1002
+
+
+async def test_tc_037_1_offline_start_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    await cp.close()
+    cp = await make_cp()
+    offline_start = T0 - timedelta(hours=1)
+    answer = await cp.start(1, TAG, 500, at=offline_start)
+    assert answer["idTagInfo"]["status"] == "Accepted"
+    assert gateway.storage.transaction(answer["transactionId"]).start_time == offline_start
+
+
+async def test_tc_037_3_offline_start_transaction_invalid(gateway, make_cp):
+    cp = await booted(make_cp)
+    answer = await cp.start(1, "OCTT-BLOCKED", 0, at=T0 - timedelta(hours=1))
+    assert answer["idTagInfo"]["status"] == "Blocked"  # the transaction id is still given
+    await cp.stop(answer["transactionId"], 10, reason="DeAuthorized")
+    assert gateway.storage.transaction(answer["transactionId"]).stop_reason == "DeAuthorized"
+
+
+async def test_tc_038_offline_stop_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    await cp.close()
+    cp = await make_cp()
+    await cp.stop(
+        tx,
+        4000,
+        at=T0 + timedelta(minutes=30),
+        reason="Local",
+        transactionData=[
+            {
+                "timestamp": iso(T0 + timedelta(minutes=30)),
+                "sampledValue": [{"value": "4000", "context": "Transaction.End"}],
+            }
+        ],
+    )
+    assert gateway.storage.transaction(tx).stop_time == T0 + timedelta(minutes=30)
+
+
+async def test_tc_039_offline_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    await cp.close()
+    cp = await make_cp()
+    tx = (await cp.start(1, TAG, 100, at=T0 - timedelta(hours=2)))["transactionId"]
+    await cp.stop(tx, 900, at=T0 - timedelta(hours=1))
+    # The same two messages replayed again (the point never saw our answers): nothing doubles.
+    assert (await cp.start(1, TAG, 100, at=T0 - timedelta(hours=2)))["transactionId"] == tx
+    await cp.stop(tx, 900, at=T0 - timedelta(hours=1))
+    assert len(gateway.storage.transactions()) == 1 and gateway.storage.transaction(tx).meter_stop_wh == 900
+
+
+async def test_tc_040_1_configuration_keys_not_supported(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(
+        cp, gateway.change_configuration("CP01", "VendorMagic", "1"), {"status": "NotSupported"}
+    )
+    assert status == ConfigurationStatus.not_supported
+    assert "VendorMagic" not in gateway.storage.config_values("CP01")
+
+
+async def test_tc_040_2_configuration_key_invalid_value(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(
+        cp, gateway.change_configuration("CP01", "HeartbeatInterval", "-5"), {"status": "Rejected"}
+    )
+    assert status == ConfigurationStatus.rejected
+
+
+async def test_tc_042_1_get_local_list_version_not_supported(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, version = await command(cp, gateway.get_local_list_version("CP01"), {"listVersion": -1})
+    assert version == -1
+
+
+async def test_tc_042_2_get_local_list_version_empty(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, version = await command(cp, gateway.get_local_list_version("CP01"), {"listVersion": 0})
+    assert version == 0
+
+
+@pytest.mark.parametrize("update_type", ["Full", "Differential"])
+async def test_tc_043_send_local_authorization_list(gateway, make_cp, update_type):
+    cp = await booted(make_cp)
+    entries = [
+        IdTagRecord(TAG),
+        IdTagRecord("OCTT-BLOCKED", status="Blocked"),
+        IdTagRecord("X", expiry_date=T0),
+    ]
+    frame, status = await command(cp, gateway.send_local_list("CP01", 3, update_type, entries), accepted({}))
+    assert status == UpdateStatus.accepted and frame[3]["updateType"] == update_type
+    assert frame[3]["localAuthorizationList"][2]["idTagInfo"]["expiryDate"] == iso(T0).replace("Z", ".000Z")
+
+
+@pytest.mark.parametrize(
+    ("case", "notifications"),
+    [
+        ("1", ["Downloading", "Downloaded", "Installing", "Installed"]),
+        ("2", ["Downloading", "DownloadFailed"]),
+        ("3", ["Downloading", "Downloaded", "Installing", "InstallationFailed"]),
+    ],
+)
+async def test_tc_044_firmware_update(gateway, make_cp, case, notifications):
+    cp = await booted(make_cp)
+    frame, _ = await command(cp, gateway.update_firmware("CP01", "https://fw.example.org/v2.bin", T0), {})
+    assert frame[3]["location"] == "https://fw.example.org/v2.bin"
+    for status in notifications:
+        await cp.call("FirmwareStatusNotification", {"status": status})
+    assert [n.payload["status"] for n in gateway.storage.notifications("CP01")] == notifications
+
+
+@pytest.mark.parametrize(("case", "final"), [("1", "Uploaded"), ("2", "UploadFailed")])
+async def test_tc_045_get_diagnostics(gateway, make_cp, case, final):
+    cp = await booted(make_cp)
+    _, name = await command(
+        cp, gateway.get_diagnostics("CP01", "ftp://diag.example.org/"), {"fileName": "d.log"}
+    )
+    assert name == "d.log"
+    await cp.call("DiagnosticsStatusNotification", {"status": "Uploading"})
+    await cp.call("DiagnosticsStatusNotification", {"status": final})
+    assert gateway.storage.notifications("CP01")[-1].payload == {"status": final}
+
+
+async def test_tc_046_reservation_of_a_connector_local_start_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    expiry = T0 + timedelta(minutes=30)
+    frame, status = await command(cp, gateway.reserve_now("CP01", 1, expiry, TAG, 11), accepted({}))
+    assert status == ReservationStatus.accepted and frame[3]["reservationId"] == 11
+    await cp.status(1, "Reserved")
+    await cp.status(1, "Preparing")
+    answer = await cp.call(
+        "StartTransaction",
+        {"connectorId": 1, "idTag": TAG, "meterStart": 0, "timestamp": iso(T0), "reservationId": 11},
+    )
+    assert gateway.storage.transaction(answer["transactionId"]).reservation_id == 11
+
+
+async def test_tc_047_reservation_of_a_connector_expire(gateway, make_cp):
+    cp = await booted(make_cp)
+    await command(cp, gateway.reserve_now("CP01", 1, T0, TAG, 12), accepted({}))
+    await cp.status(1, "Reserved")
+    await cp.status(1, "Available")  # expired
+    assert statuses(gateway)[-2:] == ["Reserved", "Available"]
+
+
+@pytest.mark.parametrize(
+    ("case", "answer"), [("1", "Faulted"), ("2", "Occupied"), ("3", "Unavailable"), ("4", "Rejected")]
+)
+async def test_tc_048_reservation_of_a_connector_faulted_occupied_unavailable_rejected(
+    gateway, make_cp, case, answer
+):
+    cp = await booted(make_cp)
+    _, status = await command(cp, gateway.reserve_now("CP01", 1, T0, TAG, 13), {"status": answer})
+    assert status == ReservationStatus(answer)
+
+
+async def test_tc_049_reservation_of_a_charge_point_transaction(gateway, make_cp):
+    cp = await booted(make_cp)
+    frame, status = await command(cp, gateway.reserve_now("CP01", 0, T0, TAG, 14), accepted({}))
+    assert frame[3]["connectorId"] == 0 and status == ReservationStatus.accepted
+    await charge(cp)
+
+
+async def test_tc_051_cancel_reservation(gateway, make_cp):
+    cp = await booted(make_cp)
+    await command(cp, gateway.reserve_now("CP01", 1, T0, TAG, 15), accepted({}))
+    frame, status = await command(cp, gateway.cancel_reservation("CP01", 15), accepted({}))
+    assert frame[3] == {"reservationId": 15} and status == CancelReservationStatus.accepted
+
+
+async def test_tc_052_cancel_reservation_rejected(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(cp, gateway.cancel_reservation("CP01", 16), {"status": "Rejected"})
+    assert status == CancelReservationStatus.rejected
+
+
+async def test_tc_053_use_a_reserved_connector_with_parent_id_tag(gateway, make_cp):
+    cp = await booted(make_cp)
+    frame, _ = await command(
+        cp, gateway.reserve_now("CP01", 1, T0, "OCTT-PARENT", 17, parent_id_tag="OCTT-PARENT"), accepted({})
+    )
+    assert frame[3]["parentIdTag"] == "OCTT-PARENT"
+    info = (await cp.call("Authorize", {"idTag": "OCTT-CHILD"}))["idTagInfo"]
+    assert info["parentIdTag"] == "OCTT-PARENT"  # the point matches it with the reservation
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "BootNotification",
+        "Heartbeat",
+        "MeterValues",
+        "StatusNotification",
+        "DiagnosticsStatusNotification",
+        "FirmwareStatusNotification",
+    ],
+)
+async def test_tc_054_trigger_message(gateway, make_cp, message):
+    cp = await booted(make_cp)
+    frame, status = await command(cp, gateway.trigger_message("CP01", message, connector_id=1), accepted({}))
+    assert status == TriggerMessageStatus.accepted and frame[3]["requestedMessage"] == message
+    payloads = {
+        "BootNotification": {"chargePointVendor": "Acme", "chargePointModel": "Lamp-11"},
+        "Heartbeat": {},
+        "MeterValues": {
+            "connectorId": 1,
+            "meterValue": [{"timestamp": iso(T0), "sampledValue": [{"value": "1", "context": "Trigger"}]}],
+        },
+        "StatusNotification": {"connectorId": 1, "errorCode": "NoError", "status": "Available"},
+        "DiagnosticsStatusNotification": {"status": "Idle"},
+        "FirmwareStatusNotification": {"status": "Idle"},
+    }
+    await cp.call(message, payloads[message])
+
+
+async def test_tc_055_trigger_message_rejected(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(
+        cp, gateway.trigger_message("CP01", "MeterValues", connector_id=2), {"status": "Rejected"}
+    )
+    assert status == TriggerMessageStatus.rejected
+
+
+async def test_tc_061_clear_authorization_data_in_authorization_cache(gateway, make_cp):
+    cp = await booted(make_cp)
+    _, status = await command(cp, gateway.clear_cache("CP01"), accepted({}))
+    assert status == ClearCacheStatus.accepted
+
+
+async def test_tc_062_data_transfer_to_a_charge_point(gateway, make_cp):
+    cp = await booted(make_cp)
+    frame, result = await command(
+        cp, gateway.data_transfer("CP01", "com.acme", message_id="ping"), {"status": "UnknownVendorId"}
+    )
+    assert frame[3] == {"vendorId": "com.acme", "messageId": "ping"} and result == (
+        DataTransferStatus.unknown_vendor_id,
+        None,
+    )
+
+
+async def test_tc_064_data_transfer_to_a_central_system(gateway, make_cp):
+    cp = await booted(make_cp)
+    assert (await cp.call("DataTransfer", {"vendorId": "com.acme", "messageId": "x", "data": "y"}))[
+        "status"
+    ] in {"Accepted", "Rejected", "UnknownMessageId", "UnknownVendorId"}
+
+
+async def test_tc_068_change_availability_charge_point(gateway, make_cp):
+    cp = await booted(make_cp)
+    frame, status = await command(cp, gateway.change_availability("CP01", 0, "Inoperative"), accepted({}))
+    assert frame[3] == {"connectorId": 0, "type": "Inoperative"} and status == AvailabilityStatus.accepted
+    await cp.status(0, "Unavailable")
+    await cp.status(1, "Unavailable")
+    _, status = await command(cp, gateway.change_availability("CP01", 0, "Operative"), accepted({}))
+    await cp.status(0, "Available")
+    assert status == AvailabilityStatus.accepted
+
+
+async def test_tc_070_sampled_meter_values(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    sampled = [
+        {
+            "value": "16.0",
+            "measurand": "Current.Import",
+            "phase": p,
+            "unit": "A",
+            "context": "Sample.Periodic",
+        }
+        for p in ("L1", "L2", "L3")
+    ]
+    await cp.call(
+        "MeterValues",
+        {
+            "connectorId": 1,
+            "transactionId": tx,
+            "meterValue": [{"timestamp": iso(T0), "sampledValue": sampled}],
+        },
+    )
+    assert {v.phase for v in gateway.storage.meter_values("CP01", transaction_id=tx)} == {"L1", "L2", "L3"}
+
+
+async def test_tc_071_clock_aligned_meter_values(gateway, make_cp):
+    cp = await booted(make_cp)
+    await cp.call(
+        "MeterValues",
+        {
+            "connectorId": 0,
+            "meterValue": [
+                {
+                    "timestamp": iso(T0),
+                    "sampledValue": [
+                        {
+                            "value": "12345",
+                            "context": "Sample.Clock",
+                            "measurand": "Energy.Active.Import.Register",
+                        }
+                    ],
+                }
+            ],
+        },
+    )
+    (value,) = gateway.storage.meter_values("CP01")
+    assert value.context == "Sample.Clock" and value.transaction_id is None
+
+
+# --- Security (1.6 security whitepaper cases of the tool) --------------------------------------
+
+
+async def test_tc_073_update_charge_point_password_for_http_basic_authentication(make_gateway, make_cp):
+    points = (KnownChargePoint("CP01", password_hash=hash_password("old-password-123", log2_n=10)),)
+    gw = await make_gateway(db="tc073.sqlite", charge_points=points, allow_profile_0=False)
+    cp = await make_cp("CP01", gw=gw, headers=basic_auth("CP01", "old-password-123"))
+    await cp.boot()
+    _, status = await command(
+        cp, gw.change_configuration("CP01", "AuthorizationKey", "new-password-456"), accepted({})
+    )
+    assert status == ConfigurationStatus.accepted
+    await gw.set_password("CP01", "new-password-456")
+    await cp.close()
+    cp = await make_cp("CP01", gw=gw, headers=basic_auth("CP01", "new-password-456"))
+    assert (await cp.boot())["status"] == "Accepted"
+    with pytest.raises(InvalidStatus):
+        await make_cp("CP01", gw=gw, headers=basic_auth("CP01", "old-password-123"))
+    # The AuthorizationKey itself is never stored in clear.
+    assert "new-password-456" not in str(gw.storage.config_values("CP01"))
+
+
+async def test_tc_085_basic_authentication_valid_username_password(make_gateway, make_cp):
+    points = (KnownChargePoint("CP01", password_hash=hash_password("valid-pass-0001", log2_n=10)),)
+    gw = await make_gateway(db="tc085.sqlite", charge_points=points, allow_profile_0=False)
+    cp = await make_cp("CP01", gw=gw, headers=basic_auth("CP01", "valid-pass-0001"))
+    assert (await cp.boot())["status"] == "Accepted"
+
+
+async def test_tc_088_websocket_subprotocol_validation(gateway, make_cp):
+    cp = await make_cp("CP01", subprotocols=["ocpp2.0.1", "ocpp1.6"])
+    assert cp.ws.subprotocol == "ocpp1.6"
+    with pytest.raises(InvalidStatus):
+        await make_cp("CP02", subprotocols=["ocpp2.0.1"], wait=False)
+
+
+# --- Smart Charging ----------------------------------------------------------------------------
+
+
+def caps_handler(unit: str = "Current", max_periods: str = "24"):
+    return lambda p: {
+        "configurationKey": [
+            {"key": "ChargingScheduleAllowedChargingRateUnit", "readonly": True, "value": unit},
+            {"key": "ChargingScheduleMaxPeriods", "readonly": True, "value": max_periods},
+        ]
+    }
+
+
+def now_plan(limits: list[float]) -> tuple[list[tuple[datetime, float]], datetime]:
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    step = timedelta(minutes=15)
+    return [(start + i * step, a) for i, a in enumerate(limits)], start + len(limits) * step
+
+
+async def test_tc_056_central_smart_charging_txdefaultprofile(gateway, make_cp):
+    cp = await booted(make_cp)
+    cp.handlers["GetConfiguration"] = caps_handler()
+    cp.handlers["SetChargingProfile"] = accepted
+    plan, end = now_plan([10.0, 16.0])
+    result = await gateway.dispatch_plan("CP01", 1, plan, end=end, verify=False)
+    assert result.status == ChargingProfileStatus.accepted
+    sent = [f for f in cp.received_calls if f[2] == "SetChargingProfile"][-1][3]
+    profile = sent["csChargingProfiles"]
+    assert sent["connectorId"] == 1 and profile["chargingProfilePurpose"] == "TxDefaultProfile"
+    assert "transactionId" not in profile and profile["chargingSchedule"]["chargingRateUnit"] == "A"
+    assert profile["chargingSchedule"]["chargingSchedulePeriod"][0] == {
+        "startPeriod": 0,
+        "limit": 10.0,
+        "numberPhases": 3,
+    }
+    assert gateway.storage.profiles("CP01")[-1].status == "Accepted"
+
+
+async def test_tc_057_central_smart_charging_txprofile(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    cp.handlers["GetConfiguration"] = caps_handler(unit="Power", max_periods="1")
+    cp.handlers["SetChargingProfile"] = accepted
+    plan, end = now_plan([10.0, 16.0, 6.0])
+    result = await gateway.dispatch_plan("CP01", 1, plan, end=end, verify=False)
+    profile = result.profile.to_ocpp()
+    assert profile["chargingProfilePurpose"] == "TxProfile" and profile["transactionId"] == tx
+    periods = profile["chargingSchedule"]["chargingSchedulePeriod"]
+    # Watts (the point takes only Power), one period (its maximum), the lowest limit of the plan.
+    assert profile["chargingSchedule"]["chargingRateUnit"] == "W" and len(periods) == 1
+    assert periods[0]["limit"] == 6.0 * 230 * 3
+
+
+async def test_tc_059_remote_start_transaction_with_charging_profile(gateway, make_cp):
+    cp = await booted(make_cp)
+    profile = ChargingProfile(
+        profile_id=5,
+        stack_level=2,
+        purpose="TxProfile",
+        rate_unit="A",
+        transaction_id=0,
+        periods=(SchedulePeriod(0, 10.0, 3),),
+        kind="Relative",
+    )
+    frame, status = await command(
+        cp,
+        gateway.remote_start_transaction("CP01", TAG, connector_id=1, charging_profile=profile),
+        accepted({}),
+    )
+    assert status == RemoteStartStopStatus.accepted
+    assert frame[3]["chargingProfile"]["chargingSchedule"]["chargingSchedulePeriod"][0]["limit"] == 10.0
+
+
+async def test_tc_066_get_composite_schedule(gateway, make_cp):
+    cp = await booted(make_cp)
+    tx = await charge(cp)
+    cp.handlers["GetConfiguration"] = caps_handler()
+    cp.handlers["SetChargingProfile"] = accepted
+    start = datetime.now(UTC) - timedelta(minutes=1)
+    cp.handlers["GetCompositeSchedule"] = lambda p: {
+        "status": "Accepted",
+        "connectorId": p["connectorId"],
+        "scheduleStart": iso(start),
+        "chargingSchedule": {
+            "chargingRateUnit": "A",
+            "duration": p["duration"],
+            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 8.0}],
+        },
+    }
+    plan, end = now_plan([8.0, 8.0])
+    result = await gateway.dispatch_plan("CP01", 1, plan, end=end)
+    assert result.verified is True and result.composite_limit_a == 8.0
+    assert gateway.is_compliant("CP01") is True
+    sched = await gateway.get_composite_schedule("CP01", 1, 600)
+    assert sched.status == GetCompositeScheduleStatus.accepted and sched.periods[0].limit == 8.0
+    assert tx > 0
+
+
+async def test_tc_067_clear_charging_profile(gateway, make_cp):
+    cp = await booted(make_cp)
+    frame, status = await command(
+        cp,
+        gateway.clear_charging_profile("CP01", connector_id=1, purpose="TxDefaultProfile", stack_level=1),
+        accepted({}),
+    )
+    assert frame[3] == {"connectorId": 1, "chargingProfilePurpose": "TxDefaultProfile", "stackLevel": 1}
+    assert status == ClearChargingProfileStatus.accepted
+    _, status = await command(
+        cp, gateway.clear_charging_profile("CP01", profile_id=99), {"status": "Unknown"}
+    )
+    assert status == ClearChargingProfileStatus.unknown
+
+
+async def test_tc_066_composite_schedule_not_supported_is_not_a_failure(gateway, make_cp):
+    cp = await booted(make_cp)
+    cp.handlers["GetConfiguration"] = caps_handler()
+    cp.handlers["SetChargingProfile"] = accepted
+    plan, end = now_plan([8.0])
+    task = asyncio.ensure_future(gateway.dispatch_plan("CP01", 1, plan, end=end))
+    frame = await cp.next_cs_call()
+    assert frame[2] == "GetCompositeSchedule"
+    await cp.send_text(f'[4,"{frame[1]}","NotSupported","",{{}}]')
+    result = await task
+    assert result.verified is None and gateway.is_compliant("CP01") is None
