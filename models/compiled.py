@@ -17,10 +17,14 @@ import numpy as np
 
 from models.problem import ROOT, Problem
 
-__all__ = ["Compiled", "compile_problem"]
+__all__ = ["LAXITY_FLOOR_H", "Compiled", "compile_problem"]
 
 #: Currents and limits closer than this [A] count as equal.
 TOL_A = 1e-6
+
+#: Laxity below this [h] counts as this much in the urgency term of the objective: a session
+#: that is late already is as urgent as one with a quarter of an hour to spare.
+LAXITY_FLOOR_H = 0.25
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +41,9 @@ class Compiled:
     min_current_a, max_current_a : (S,) per-phase bounds when charging [A]
     energy_kwh : (S,) energy still wanted [kWh]
     priority : (S,)
+    laxity_h : (S,) slack of each session [h]: time from the grid start (or its later arrival)
+        to its departure, minus the time its energy takes at its maximum current; negative
+        when it cannot finish
     present : (S, T) bool, plugged in for the whole step
     pair_s, pair_k : (P,) session and step of every pair that can be on
     pair_ub_a : (P,) largest useful current of the pair [A] (EV, point and request)
@@ -59,6 +66,7 @@ class Compiled:
     max_current_a: np.ndarray
     energy_kwh: np.ndarray
     priority: np.ndarray
+    laxity_h: np.ndarray
     present: np.ndarray
     pair_s: np.ndarray
     pair_k: np.ndarray
@@ -161,6 +169,11 @@ def compile_problem(problem: Problem) -> Compiled:
 
     kwh_per_a = voltage_v * phases_used[:, None] * dt_h[None, :] / 1000.0
     with np.errstate(divide="ignore", invalid="ignore"):
+        full_kw = max_a * voltage_v * phases_used / 1000.0
+        laxity_h = (departure - np.maximum(arrival, epoch[0])) / 3600.0 - np.where(
+            full_kw > 0, energy / full_kw, np.inf
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):
         energy_cap_a = np.where(kwh_per_a > 0, energy[:, None] / kwh_per_a, 0.0)
     ub = np.minimum(max_a[:, None], energy_cap_a)
     # Headroom each session could ever get in a step: the tightest node on its path (a running
@@ -178,7 +191,7 @@ def compile_problem(problem: Problem) -> Compiled:
     # Rounding can leave ub a hair under min; a pair is on at >= min or off.
     pair_ub = np.where(ub[pair_s, pair_k] < min_a[pair_s], min_a[pair_s], ub[pair_s, pair_k])
 
-    for arr in (dt_h, mid_h, phases_used, phase_mask, min_a, max_a, energy, priority, present):
+    for arr in (dt_h, mid_h, phases_used, phase_mask, min_a, max_a, energy, priority, laxity_h, present):
         arr.setflags(write=False)
     return Compiled(
         problem=problem,
@@ -191,6 +204,7 @@ def compile_problem(problem: Problem) -> Compiled:
         max_current_a=max_a,
         energy_kwh=energy,
         priority=priority,
+        laxity_h=laxity_h,
         present=present,
         pair_s=pair_s.astype(np.int64),
         pair_k=pair_k.astype(np.int64),

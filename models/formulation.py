@@ -27,8 +27,14 @@ Objective (minimise, EUR-equivalent)
 sum_p kwh_per_a[p] * i[p] * ( - unmet_energy_eur_per_kwh * priority[s]
                               + energy_cost * price[k] / 1000
                               + co2_eur_per_kg * co2[k] / 1000
-                              + early_eur_per_kwh_h * mid_h[k] )
+                              + early_eur_per_kwh_h * mid_h[k]
+                              + urgency_eur_per_kwh_h * mid_h[k] / max(laxity_h[s], 0.25) )
 + peak_eur_per_a * sum_f peak[f] - fairness_eur * share + penalty_eur_per_kg * sum excess
+
+``laxity_h[s]`` is the session's slack in hours (time from the grid start, or its later arrival,
+to its departure, minus the time its energy takes at its maximum current; see
+:class:`~models.compiled.Compiled`), floored at ``LAXITY_FLOOR_H`` = 0.25 h: the urgency term
+makes the EVs with the least time to spare charge first among plans that deliver the same.
 
 The constant ``unmet_energy_eur_per_kwh * sum_s priority[s] * energy_kwh[s]`` is left out, so
 the objective is "cost minus the value of what is delivered" and a relative gap is measured
@@ -44,7 +50,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from models.compiled import Compiled
+from models.compiled import LAXITY_FLOOR_H, Compiled
 
 __all__ = ["Formulation", "build_formulation"]
 
@@ -126,6 +132,9 @@ def build_formulation(c: Compiled) -> Formulation:
 
     # --- objective on currents
     per_kwh = -w.unmet_energy_eur_per_kwh * c.priority[ps] + w.early_eur_per_kwh_h * c.mid_h[pk]
+    if w.urgency_eur_per_kwh_h:
+        urgency = 1.0 / np.maximum(c.laxity_h, LAXITY_FLOOR_H)
+        per_kwh = per_kwh + w.urgency_eur_per_kwh_h * c.mid_h[pk] * urgency[ps]
     price = prob.signals.price_eur_per_mwh
     co2 = prob.signals.co2_g_per_kwh
     if price is not None:

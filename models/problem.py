@@ -388,6 +388,11 @@ class Weights:
         equal, a hedge against EVs leaving before they said.
     fairness_eur : float
         Reward per unit (0..1) of the smallest share of need met among sessions; 0 = off.
+    urgency_eur_per_kwh_h : float
+        Like ``early_eur_per_kwh_h``, but divided by each session's laxity in hours (floored at
+        a quarter of an hour): among plans that deliver the same, serve first the EVs that have
+        the least time to spare, and keep the flexible ones' energy for later -- a hedge
+        against EVs that arrive later and need the capacity then.
     """
 
     unmet_energy_eur_per_kwh: float = 2.0
@@ -396,6 +401,7 @@ class Weights:
     peak_eur_per_a: float = 0.0
     early_eur_per_kwh_h: float = 1e-4
     fairness_eur: float = 0.0
+    urgency_eur_per_kwh_h: float = 0.0
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

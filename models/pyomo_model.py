@@ -48,7 +48,7 @@ from pyomo.contrib.solver.common.factory import SolverFactory
 from pyomo.contrib.solver.common.results import SolutionStatus, TerminationCondition
 from pyomo.core.expr import LinearExpression
 
-from models.compiled import Compiled, compile_problem
+from models.compiled import LAXITY_FLOOR_H, Compiled, compile_problem
 from models.errors import SolverError
 from models.highs import SolveStatus
 from models.problem import PHASES, Problem
@@ -213,6 +213,9 @@ def _pair_cost_eur_per_a(c: Compiled) -> np.ndarray:
     w = prob.weights
     ps, pk = c.pair_s, c.pair_k
     per_kwh = -w.unmet_energy_eur_per_kwh * c.priority[ps] + w.early_eur_per_kwh_h * c.mid_h[pk]
+    if w.urgency_eur_per_kwh_h:
+        urgency = 1.0 / np.maximum(c.laxity_h, LAXITY_FLOOR_H)
+        per_kwh = per_kwh + w.urgency_eur_per_kwh_h * c.mid_h[pk] * urgency[ps]
     price = prob.signals.price_eur_per_mwh
     co2 = prob.signals.co2_g_per_kwh
     if price is not None:

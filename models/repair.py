@@ -5,11 +5,13 @@ or at least the minimum; the few in between sit on binding rows (a session's las
 energy, a limit's last amperes). Two ways to settle them:
 
 :func:`round_pattern` only decides *which* pairs are on: every pair the LP has at or above its
-minimum, plus each fractional pair whose minimum still fits on every row when all pairs that are
-on draw just their minimum. The amounts are then left to an LP over that on/off pattern (the
-"polish" in :mod:`models.highs`), which can move current between sessions on a tight cable to
-make room. All-minimum is a feasible point of that LP for every one-sided row, so it is feasible
-unless an unbalance row (two-sided) objects; then :func:`repair` is the fallback.
+minimum, plus each fractional pair at half its minimum or more whose minimum still fits on every
+row when all pairs that are on draw just their minimum (slivers stay off: forcing the minimum
+on them would crowd out the EVs sharing the row). The amounts are then left to an LP over that
+on/off pattern (the "polish" in :mod:`models.highs`), which can move current between sessions
+on a tight cable to make room. All-minimum is a feasible point of that LP for every one-sided
+row, so it is feasible unless an unbalance row (two-sided) objects; then :func:`repair` is the
+fallback.
 
 :func:`repair` works on the amounts directly. For each fractional pair it tries, in order,
 
@@ -44,10 +46,12 @@ def hard_row_mask(form: Formulation) -> np.ndarray:
     return np.array([name not in _SOFT for name in form.row_names], dtype=bool)
 
 
-def round_pattern(form: Formulation, x_pairs: np.ndarray) -> np.ndarray:
+def round_pattern(form: Formulation, x_pairs: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
     """(P,) bool: pairs to switch on, from an LP solution (see the module docstring).
 
-    Fractional pairs are taken largest fraction of the minimum first; a pair is switched on when,
+    Fractional pairs are taken largest fraction of the minimum first, down to ``min_fraction``
+    of it (smaller ones stay off: switching a pair on for a sliver of current forces the
+    minimum there and takes it from the EVs that share the row); a pair is switched on when,
     with every pair on at its minimum, no one-sided hard row (energy, limits) would overflow.
     """
     n_p = form.n_pairs
@@ -57,7 +61,7 @@ def round_pattern(form: Formulation, x_pairs: np.ndarray) -> np.ndarray:
     upper = np.where(one_sided, form.row_upper, np.inf)
     on = x_pairs >= semi - _EPS
     min_load = a @ np.where(on, semi, 0.0)
-    frac = np.nonzero((x_pairs > _EPS) & ~on)[0]
+    frac = np.nonzero((x_pairs > _EPS) & ~on & (x_pairs >= min_fraction * semi - _EPS))[0]
     frac = frac[np.argsort(-x_pairs[frac] / np.maximum(semi[frac], _EPS), kind="stable")]
     for j in frac:
         lo, hi = a.indptr[j], a.indptr[j + 1]

@@ -90,6 +90,17 @@ class HeuristicPolicy:
         return _plan_of(snapshot, problem, schedule, self.name, solve_s=time.perf_counter() - t0)
 
 
+#: Default weights of the rolling MILP: the urgency term charges the EVs with the least time to
+#: spare first among plans that deliver the same (ACN Caltech week, 30 A: +2.6 kWh).
+ROLLING_WEIGHTS = Weights(urgency_eur_per_kwh_h=1e-4)
+
+
+def rolling_options(time_limit_s: float) -> SolverOptions:
+    """Default solver options of the rolling MILP: a 0.1 % gap, with the whole-model branch and
+    bound capped at 0.3 s a re-plan (the next re-plan comes one step later anyway)."""
+    return SolverOptions(time_limit_s=time_limit_s, mip_rel_gap=1e-3, branch_and_bound_time_s=0.3)
+
+
 @dataclass
 class MilpPolicy:
     """The MILP of :mod:`models` behind the policy contract.
@@ -107,9 +118,9 @@ class MilpPolicy:
         Heuristic that plans when the solver finds no schedule in time (default EDF).
     """
 
-    weights: Weights = field(default_factory=Weights)
+    weights: Weights = field(default_factory=lambda: ROLLING_WEIGHTS)
     target: EmissionTarget | None = None
-    options: SolverOptions = field(default_factory=lambda: SolverOptions(time_limit_s=20.0))
+    options: SolverOptions = field(default_factory=lambda: rolling_options(20.0))
     name: str = "milp"
     fallback: Callable[[Problem], Schedule] = edf
     horizon_needed: bool = True
@@ -147,9 +158,9 @@ def make_policy(
         return HeuristicPolicy(name, heuristics[name])
     if name == "milp":
         return MilpPolicy(
-            weights=weights or Weights(),
+            weights=weights or ROLLING_WEIGHTS,
             target=target,
-            options=SolverOptions(time_limit_s=time_limit_s or 20.0),
+            options=rolling_options(time_limit_s or 20.0),
         )
     if name == "offline-optimal":
         return MilpPolicy(
