@@ -5,6 +5,15 @@ system sends and stores; here a raw-frame charge point plays the same script and
 our answers, commands and records. Cases that only test a charge point, or features a central
 system without a certificate authority cannot offer, are not here (see the report in the README
 of ``ocpp_gateway``).
+
+Case ids and titles checked against the OCA's "OCPP 1.6 Compliancy Testing Tool - Test Case
+Document" (Trial 2025-06, Draft, central-system part), as published per case at
+https://ocpplab.com/docs/protocols/ocpp-1-6/test-cases/tc-<id>-csms (e.g. ``tc-001-csms`` "Cold
+Boot Charge Point", ``tc-032-1-csms`` "Power failure boot charging point-configured to stop
+transaction(s)", ``tc-073-csms`` "Update Charge Point Password for HTTP Basic Authentication").
+Verified to match: TC_001, 002, 003, 004_1, 004_2, 005_1, 007, 010, 011_1, 017_1, 017_2, 021, 024,
+031, 032_1, 037_1, 039, 053, 056, 057, 059, 066, 067, 073, 085; none needed renaming. The others were
+not found in that source (not contradicted either).
 """
 
 from __future__ import annotations
