@@ -93,7 +93,16 @@ class SolverOptions:
     branch_and_bound_time_s : float or None
         ``"lp-repair"``: wall-clock limit of the branch and bound on the whole model that runs
         when the gap is still above ``mip_rel_gap`` [s] (within ``time_limit_s``); ``None`` =
-        all the time that is left. A rolling planner caps it: it re-plans soon anyway.
+        all the time that is left; 0 = never run it. A rolling planner caps or skips it: it
+        re-plans soon anyway.
+    neighbourhood_free_steps : int
+        Steps at the start of the horizon whose currents the neighbourhood search leaves free
+        (semi-continuous) even where the LP and the incumbent agree: a rolling planner applies
+        only the first step, so that is where a better on/off choice pays.
+    max_nodes : int or None
+        Branch-and-bound node limit of every HiGHS MIP run (the neighbourhood search and the
+        whole model). Unlike a time limit it gives the same answer on a slower machine, so a
+        simulation is reproducible; ``None`` = no limit.
     """
 
     time_limit_s: float = 60.0
@@ -104,6 +113,8 @@ class SolverOptions:
     neighbourhood_gap: float = 1e-4
     neighbourhood_time_s: float = 1.0
     branch_and_bound_time_s: float | None = None
+    max_nodes: int | None = None
+    neighbourhood_free_steps: int = 0
 
     def __post_init__(self) -> None:
         if self.method not in ("lp-repair", "mip"):
@@ -116,8 +127,14 @@ class SolverOptions:
             raise ValueError(f"neighbourhood_gap: must be >= 0, got {self.neighbourhood_gap}")
         if not self.neighbourhood_time_s >= 0:
             raise ValueError(f"neighbourhood_time_s: must be >= 0, got {self.neighbourhood_time_s}")
-        if self.branch_and_bound_time_s is not None and not self.branch_and_bound_time_s > 0:
-            raise ValueError(f"branch_and_bound_time_s: must be > 0, got {self.branch_and_bound_time_s}")
+        if self.max_nodes is not None and not (isinstance(self.max_nodes, int) and self.max_nodes >= 1):
+            raise ValueError(f"max_nodes: must be an integer >= 1, got {self.max_nodes!r}")
+        if self.branch_and_bound_time_s is not None and not self.branch_and_bound_time_s >= 0:
+            raise ValueError(f"branch_and_bound_time_s: must be >= 0, got {self.branch_and_bound_time_s}")
+        if not (isinstance(self.neighbourhood_free_steps, int) and self.neighbourhood_free_steps >= 0):
+            raise ValueError(
+                f"neighbourhood_free_steps: must be an integer >= 0, got {self.neighbourhood_free_steps!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -204,6 +221,8 @@ def _new_highs(opts: SolverOptions) -> highspy.Highs:
     h.setOptionValue("mip_rel_gap", float(opts.mip_rel_gap))
     if opts.threads is not None:
         h.setOptionValue("threads", int(opts.threads))
+    if opts.max_nodes is not None:
+        h.setOptionValue("mip_max_nodes", int(opts.max_nodes))
     return h
 
 
@@ -550,7 +569,7 @@ def _solve_lp_repair(form: Formulation, opts: SolverOptions, build_s: float) -> 
         if better is not None and better[1] < obj:
             x, obj = better
             gap = _gap(obj, bound)
-    if gap <= opts.mip_rel_gap or left() <= 0.05:
+    if gap <= opts.mip_rel_gap or left() <= 0.05 or opts.branch_and_bound_time_s == 0:
         status = SolveStatus.OPTIMAL if gap <= opts.mip_rel_gap else SolveStatus.FEASIBLE
         return done(status, x, obj, bound)
 
@@ -593,6 +612,10 @@ def _neighbourhood(
     inc_on = x_inc > 0
     fix_on = lp_on & inc_on
     fix_off = lp_off & ~inc_on
+    if opts.neighbourhood_free_steps:
+        free = form.compiled.pair_k < opts.neighbourhood_free_steps
+        fix_on &= ~free
+        fix_off &= ~free
     h = _new_highs(opts)
     h.setOptionValue("mip_rel_gap", float(opts.neighbourhood_gap))
     _pass_model(h, form, semicontinuous=True, fix_on=fix_on, fix_off=fix_off)

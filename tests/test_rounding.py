@@ -104,6 +104,34 @@ def test_neighbourhood_options_are_checked() -> None:
     assert solve(p, SolverOptions(neighbourhood_time_s=0.0)).status == SolveStatus.OPTIMAL
 
 
+def test_neighbourhood_can_free_the_first_steps() -> None:
+    # Same case, but the incumbent agrees with the LP on every pair: only freeing step 0 lets
+    # the search move ev1 into it.
+    p = one_phase_problem(30.0, [ev(i, "abc"[i], 0, 2, 15 * KWH_1PH) for i in range(3)], 2)
+    form = build_formulation(compile_problem(p))
+    x_lp = np.array([15.0, 0.0, 0.0, 15.0, 0.0, 0.0])
+    fixed = _neighbourhood(form, SolverOptions(), x_lp, x_lp.copy(), 5.0)
+    assert fixed is not None and fixed[0][2] == 0.0 and fixed[0][4] == 0.0  # ev2 stays off
+    freed = _neighbourhood(form, SolverOptions(neighbourhood_free_steps=1), x_lp, x_lp.copy(), 5.0)
+    assert freed is not None
+    assert freed[1] < fixed[1] - 1e-6  # better: ev2 is served in step 0
+    assert freed[0][[4, 5]].sum() > 0
+
+
+def test_node_limit_and_skipped_branch_and_bound() -> None:
+    with pytest.raises(ValueError, match="max_nodes"):
+        SolverOptions(max_nodes=0)
+    with pytest.raises(ValueError, match="neighbourhood_free_steps"):
+        SolverOptions(neighbourhood_free_steps=-1)
+    p = lamppost_district(40, seed=2)
+    # mip_rel_gap 0 can never be proven by rounding alone: branch and bound would run.
+    skip = solve(p, SolverOptions(mip_rel_gap=0.0, branch_and_bound_time_s=0.0, max_nodes=50))
+    assert skip.ok and "mip_s" not in skip.stages
+    assert check_schedule(skip.schedule) == []
+    again = solve(p, SolverOptions(mip_rel_gap=0.0, branch_and_bound_time_s=0.0, max_nodes=50))
+    assert np.array_equal(skip.schedule.current_a, again.schedule.current_a)  # node limits repeat
+
+
 # ---------------------------------------------------------------- urgency term
 
 
