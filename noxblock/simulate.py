@@ -88,6 +88,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=None, help="solver time limit per plan [s]")
     p.add_argument("--co2-eur-per-kg", type=float, default=Weights().co2_eur_per_kg,
                    help="shadow price of CO2 in the MILP's objective [EUR/kg]")  # fmt: skip
+    p.add_argument("--shift-window", type=parse_duration, default=None,
+                   help="rolling MILP: how far ahead price/CO2 may move energy (default: all)")  # fmt: skip
     p.add_argument("--ev-kwh-per-100km", type=float, default=EmissionFactors().ev_consumption_kwh_per_100km,
                    help="EV consumption for NOx avoided [kWh/100 km]")  # fmt: skip
     p.add_argument("--replaced-nox-mg-per-km", type=float, default=EmissionFactors().replaced_nox_mg_per_km,
@@ -122,7 +124,10 @@ def _factors(args: argparse.Namespace) -> EmissionFactors:
 
 def _run_one(scenario: Scenario, name: str, args: argparse.Namespace) -> SimulationResult:
     policy = make_policy(
-        name, weights=Weights(co2_eur_per_kg=args.co2_eur_per_kg), time_limit_s=args.time_limit
+        name,
+        co2_eur_per_kg=args.co2_eur_per_kg,
+        time_limit_s=args.time_limit,
+        shift_window_h=None if args.shift_window is None else args.shift_window.total_seconds() / 3600.0,
     )
     show = sys.stderr.isatty() if args.progress is None else args.progress
     return simulate(

@@ -118,13 +118,15 @@ class ArrivalForecast:
         *,
         share: float = 1.0,
         min_kwh: float = 0.5,
+        priority: float = 1.0,
     ) -> tuple[EVState, ...]:
         """Expected EVs arriving after ``now`` and before ``end``, on the ``step`` grid from ``now``.
 
         One EV per group and block (the part of the first block after ``now`` counts in
         proportion), arriving at the block's start (or the next step boundary), staying the
         mean stay (cut at ``end``), with ``share`` times the mean energy; EVs below ``min_kwh``
-        are left out.
+        are left out. ``priority`` weighs their energy in the objective (below 1: a real EV
+        always comes first, while the reservation still outweighs price and CO2).
         """
         zone = ZoneInfo(self.tz)
         out: list[EVState] = []
@@ -155,6 +157,7 @@ class ArrivalForecast:
                             arrival=arrival.astimezone(now.tzinfo),
                             departure=departure.astimezone(now.tzinfo),
                             energy_requested_kwh=e,
+                            priority=priority,
                         )
                     )
             t = t_next

@@ -21,6 +21,7 @@ steps that are thrown away.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
-from models import EmissionTarget, Problem, Schedule, SolverOptions, Weights, solve
+from models import EmissionTarget, Problem, Schedule, Signals, SolverOptions, Weights, solve
 from models.baselines import edf, equal_share, llf, uncontrolled
 from scheduler.snapshot import Plan, Snapshot, clean_pilots
 
@@ -128,6 +129,17 @@ class MilpPolicy:
     name : str
     fallback : callable
         Heuristic that plans when the solver finds no schedule in time (default EDF).
+    shift_window_h : float or None
+        How far ahead [h] price and CO2 may pull energy: beyond it every step is priced at the
+        horizon's worst, so the plan moves energy only within the window. ``None``: the whole
+        horizon. A rolling planner does not know the EVs still to come; energy it leaves for a
+        cleaner hour may meet them there. Measured on the ACN Caltech week (30 A per phase,
+        German 2023 signals): window 1 h -> 99.8 % of the offline optimum's energy and almost
+        no CO2 cut, 2 h -> 99.7 % and 18 % of the possible cut, 4 h -> 98.9 % and 57 %, the whole
+        24 h -> 94 %. Where few EVs arrive late (overnight street charging) shifting is safe.
+
+    Energy always comes first: when prices or intensities are so high that a kWh would cost more
+    than a fifth of the value of delivering it, that value is raised for the re-plan.
     """
 
     weights: Weights = field(default_factory=lambda: ROLLING_WEIGHTS)
@@ -136,10 +148,38 @@ class MilpPolicy:
     name: str = "milp"
     fallback: Callable[[Problem], Schedule] = edf
     horizon_needed: bool = True
+    shift_window_h: float | None = None
+
+    def _inputs(self, snapshot: Snapshot) -> tuple[Snapshot, Weights]:
+        """The snapshot with signals cut to the shift window, and weights that put energy first."""
+        sig = snapshot.signals
+        if self.shift_window_h is not None:
+            start_h = np.r_[0.0, np.cumsum(snapshot.grid.durations_h)[:-1]]
+            far = start_h >= self.shift_window_h
+
+            def cap(a: np.ndarray | None) -> np.ndarray | None:
+                if a is None or not far.any():
+                    return a
+                out = np.array(a, dtype=float)
+                out[far] = out.max()
+                return out
+
+            sig = Signals(cap(sig.price_eur_per_mwh), cap(sig.co2_g_per_kwh))
+            snapshot = dataclasses.replace(snapshot, signals=sig)
+        w = self.weights
+        worst_eur_per_kwh = 0.0
+        if sig.price_eur_per_mwh is not None and w.energy_cost > 0:
+            worst_eur_per_kwh += w.energy_cost * max(float(np.max(sig.price_eur_per_mwh)), 0.0) / 1000.0
+        if sig.co2_g_per_kwh is not None:
+            worst_eur_per_kwh += w.co2_eur_per_kg * float(np.max(sig.co2_g_per_kwh)) / 1000.0
+        if w.unmet_energy_eur_per_kwh < 5.0 * worst_eur_per_kwh:
+            w = dataclasses.replace(w, unmet_energy_eur_per_kwh=5.0 * worst_eur_per_kwh)
+        return snapshot, w
 
     def plan(self, snapshot: Snapshot) -> Plan:
         t0 = time.perf_counter()
-        problem = snapshot.to_problem(self.weights, self.target)
+        snapshot, weights = self._inputs(snapshot)
+        problem = snapshot.to_problem(weights, self.target)
         result = solve(problem, self.options)
         if result.ok and result.schedule is not None:
             return _plan_of(
@@ -163,22 +203,32 @@ def make_policy(
     weights: Weights | None = None,
     target: EmissionTarget | None = None,
     time_limit_s: float | None = None,
+    co2_eur_per_kg: float | None = None,
+    shift_window_h: float | None = None,
 ) -> Policy:
-    """The policy called ``name`` (one of :data:`POLICY_NAMES`)."""
+    """The policy called ``name`` (one of :data:`POLICY_NAMES`).
+
+    ``weights`` replaces the policy's default weights as a whole; ``co2_eur_per_kg`` changes
+    only the shadow price of CO2 in them. ``shift_window_h``: see :class:`MilpPolicy`.
+    """
     heuristics = {"uncontrolled": uncontrolled, "equal-share": equal_share, "edf": edf, "llf": llf}
     if name in heuristics:
         return HeuristicPolicy(name, heuristics[name])
+    if name not in ("milp", "offline-optimal"):
+        raise ValueError(f"policy: unknown {name!r}; one of {', '.join(POLICY_NAMES)}")
+    w = weights or (ROLLING_WEIGHTS if name == "milp" else Weights())
+    if co2_eur_per_kg is not None:
+        w = dataclasses.replace(w, co2_eur_per_kg=co2_eur_per_kg)
     if name == "milp":
         return MilpPolicy(
-            weights=weights or ROLLING_WEIGHTS,
+            weights=w,
             target=target,
             options=rolling_options(time_limit_s or 20.0),
+            shift_window_h=shift_window_h,
         )
-    if name == "offline-optimal":
-        return MilpPolicy(
-            weights=weights or Weights(),
-            target=target,
-            options=SolverOptions(time_limit_s=time_limit_s or 600.0, mip_rel_gap=1e-6),
-            name="offline-optimal",
-        )
-    raise ValueError(f"policy: unknown {name!r}; one of {', '.join(POLICY_NAMES)}")
+    return MilpPolicy(
+        weights=w,
+        target=target,
+        options=SolverOptions(time_limit_s=time_limit_s or 600.0, mip_rel_gap=1e-6),
+        name="offline-optimal",
+    )

@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,14 @@ from scheduler.policies import Policy
 from scheduler.rolling import RollingHorizon
 from scheduler.snapshot import EVState
 
-__all__ = ["Scenario", "SimulationResult", "Taper", "floor_time", "simulate"]
+__all__ = ["Forecast", "Scenario", "SimulationResult", "Taper", "floor_time", "simulate"]
+
+
+class Forecast(Protocol):
+    """Expected EVs arriving after ``now`` and before ``end`` (see :mod:`scheduler.forecast`)."""
+
+    def expected(self, now: datetime, end: datetime, step: timedelta) -> Sequence[EVState]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +310,7 @@ def simulate(
     fine_span: timedelta = timedelta(hours=4),
     taper: Taper | None = None,
     offline: bool | None = None,
+    forecast: Forecast | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> SimulationResult:
     """Replay ``scenario`` under ``policy`` (see the module docstring).
@@ -323,6 +332,9 @@ def simulate(
     offline : bool or None
         Plan once over the whole period with every session known (the yardstick); default:
         ``True`` for a policy named ``offline-optimal``.
+    forecast : Forecast or None
+        Expected EVs (``forecast.expected(now, end, step)``) added to every rolling snapshot
+        after the EVs plugged in: capacity the plan keeps for EVs not yet arrived.
     progress : callable(done, total) or None
         Called after every interval.
     """
@@ -434,6 +446,8 @@ def simulate(
             pilots[~present[:, k]] = 0.0
         elif want.size:
             evs = [ev_state(i) for i in want]
+            if forecast is not None and policy.horizon_needed:
+                evs += forecast.expected(now, now + horizon, step)
             plan = loop.decide(now, site, evs, conditions, max_unbalance_a=scenario.max_unbalance_a)
             solve_times.append(plan.solve_s)
             statuses[plan.status] = statuses.get(plan.status, 0) + 1

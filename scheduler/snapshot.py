@@ -46,6 +46,9 @@ class EVState:
         charge point's.
     phases : int or None
         Phases the EV draws on (1 or 3); ``None``: the charge point's.
+    priority : float
+        Weight of its unmet energy (1 = a real EV; an *expected* EV from a forecast weighs
+        less, so that no real EV's energy is ever given up for it).
     """
 
     session_id: str
@@ -56,6 +59,7 @@ class EVState:
     energy_delivered_kwh: float = 0.0
     max_power_kw: float | None = None
     phases: int | None = None
+    priority: float = 1.0
 
     @property
     def remaining_kwh(self) -> float:
@@ -131,6 +135,7 @@ class Snapshot:
                     energy_kwh=remaining,
                     max_power_kw=ev.max_power_kw,
                     phases=ev.phases,
+                    priority=ev.priority,
                 )
             )
         return Problem(

@@ -42,7 +42,6 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from models import Weights
 from scheduler.kpis import EmissionFactors, kpis
 from scheduler.policies import POLICY_NAMES, make_policy
 from scheduler.simulator import Scenario, SimulationResult, Taper, simulate
@@ -211,8 +210,7 @@ def run_case(case: Case, factors: EmissionFactors | None = None) -> dict[str, An
     """
     t0 = time.perf_counter()
     built = _build(case)
-    weights = None if case.co2_eur_per_kg is None else Weights(co2_eur_per_kg=case.co2_eur_per_kg)
-    policy = make_policy(case.policy, weights=weights, time_limit_s=case.time_limit_s)
+    policy = make_policy(case.policy, co2_eur_per_kg=case.co2_eur_per_kg, time_limit_s=case.time_limit_s)
     result = simulate(
         built.scenario,
         policy,

@@ -324,3 +324,32 @@ def test_setpoints_table_is_long_format():
     assert list(sp.columns) == ["time", "station_id", "session_id", "pilot_a", "current_a", "power_kw"]
     assert len(sp) == 4 + 2
     assert isinstance(sp.time.iloc[0], pd.Timestamp) and sp.time.iloc[0].tzinfo is not None
+
+
+# ---------------------------------------------------------------- price, CO2 and energy first
+
+
+def _priced_street(prices: list[float]) -> Scenario:
+    site = Site("s", 230.0, 100.0, charge_points=(ChargePoint("A"),))
+    sig = series({"price_eur_per_mwh": prices}, [at(h) for h in range(len(prices))])
+    # 11.04 kWh: one hour at 16 A on three phases, within a four-hour stay.
+    return Scenario.from_series(site, (Session("a", "A", at(0), at(4), 11.04),), signals=sig)
+
+
+def test_rolling_milp_moves_energy_to_the_cheap_hour_within_its_shift_window():
+    sc = _priced_street([300.0, 300.0, 300.0, 20.0])
+    free = simulate(sc, make_policy("milp"), step=STEP)
+    hourly = free.current_a[0].reshape(4, 4).sum(axis=1)
+    assert hourly[3] == pytest.approx(64.0) and hourly[:3].sum() == pytest.approx(0.0)
+    short = simulate(sc, make_policy("milp", shift_window_h=1.0), step=STEP)
+    hourly = short.current_a[0].reshape(4, 4).sum(axis=1)
+    assert hourly[3] == pytest.approx(0.0)  # beyond the window every hour looks dear
+    assert short.energy_kwh.sum() == pytest.approx(11.04)
+
+
+def test_energy_comes_first_even_at_extreme_prices():
+    # 5000 EUR/MWh = 5 EUR/kWh, more than the default value of a kWh delivered (2 EUR).
+    sc = _priced_street([5000.0] * 4)
+    for name in ("milp", "offline-optimal"):
+        r = simulate(sc, make_policy(name), step=STEP)
+        assert r.energy_kwh.sum() == pytest.approx(11.04), name
