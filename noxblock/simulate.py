@@ -88,6 +88,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=None, help="solver time limit per plan [s]")
     p.add_argument("--co2-eur-per-kg", type=float, default=Weights().co2_eur_per_kg,
                    help="shadow price of CO2 in the MILP's objective [EUR/kg]")  # fmt: skip
+    p.add_argument("--coarse-step", type=parse_duration, default=None,
+                   help="rolling MILP: steps this long beyond the first 4 h ahead (faster)")  # fmt: skip
     p.add_argument("--shift-window", type=parse_duration, default=None,
                    help="rolling MILP: how far ahead price/CO2 may move energy (default: all)")  # fmt: skip
     p.add_argument("--ev-kwh-per-100km", type=float, default=EmissionFactors().ev_consumption_kwh_per_100km,
@@ -138,6 +140,7 @@ def _run_one(scenario: Scenario, name: str, args: argparse.Namespace) -> Simulat
         start=args.start,
         end=args.end,
         taper=Taper() if args.taper else None,
+        coarse_step=args.coarse_step,
         progress=_Progress(name, sys.stderr, show),
     )
 
