@@ -161,7 +161,10 @@ def write_outputs(result: SimulationResult, out: Path, factors: EmissionFactors)
 
 
 def _load(args: argparse.Namespace) -> Scenario:
-    return Scenario.from_files(args.site, args.sessions, args.signals)
+    scenario = Scenario.from_files(args.site, args.sessions, args.signals)
+    if not scenario.sessions and (args.start is None or args.end is None):
+        raise InputError(str(args.sessions), None, None, "no sessions: give --start and --end")
+    return scenario
 
 
 def _check_period(args: argparse.Namespace) -> None:

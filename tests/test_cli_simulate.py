@@ -112,3 +112,18 @@ def test_compare_writes_a_table_per_policy(street: Path, tmp_path: Path) -> None
     for name in table.index:
         assert (out / name / "kpis.json").exists()
     assert table.loc["edf", "limit_violation_max_a"] == 0.0
+
+
+def test_empty_sessions_file_needs_a_period(street: Path, tmp_path: Path) -> None:
+    path = street / "sessions.csv"
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    p = run(
+        "simulate", "--site", str(street / "site.toml"), "--sessions", str(path), "--out", str(tmp_path / "a")
+    )
+    assert p.returncode == 2 and "sessions.csv" in p.stderr and "--start" in p.stderr, p.stderr
+    period = ["--start", "2024-01-08T00:00:00+00:00", "--end", "2024-01-08T06:00:00+00:00"]
+    site = str(street / "site.toml")
+    p = run("simulate", "--site", site, "--sessions", str(path), "--out", str(tmp_path / "b"), *period)
+    assert p.returncode == 0, p.stderr
+    k = json.loads((tmp_path / "b" / "kpis.json").read_text())
+    assert k["sessions"] == 0 and k["energy_delivered_kwh"] == 0.0 and k["limit_violation_max_a"] == 0.0
