@@ -325,7 +325,7 @@ def simulate(
         Look-ahead of every re-plan.
     start, end : datetime or None
         Simulated period; default from the earliest arrival (floored to ``step``) to the
-        latest departure (ceiled).
+        latest departure (ceiled). Sessions wholly outside it are left out.
     coarse_step, fine_span : see :class:`~scheduler.rolling.RollingHorizon`
     taper : Taper or None
         EVs draw less near full; ``None``: they draw what they are offered.
@@ -351,6 +351,8 @@ def simulate(
         end = _ceil_time(max((s.departure for s in sessions), default=start + step), step)
     n_t = max(int(-(-(end - start) // step)), 1)
     grid = TimeGrid.uniform(start, step, n_t)
+    # Only sessions that overlap the period take part (and count in the KPIs).
+    sessions = tuple(s for s in sessions if s.departure > grid.start and s.arrival < grid.end)
     ahead = int(-(-horizon // step)) + 1
     conditions = Conditions.from_series(
         start, step, n_t + ahead,
