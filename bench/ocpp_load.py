@@ -44,6 +44,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -278,7 +279,9 @@ class LoadClient:
         self.errors = 0
         self.lost = 0
         self.closed_loop = False
-        self.idle: list[_Conn] = []
+        # FIFO, so that the open loop spreads its calls over all points (a LIFO list reused the few
+        # points answered last: each then sent far above the gateway's per-point rate limit).
+        self.idle: deque[_Conn] = deque()
         self._base_ms = int(time.time() * 1000)
 
     def _payload(self, c: _Conn) -> tuple[str, dict[str, Any]]:
@@ -358,7 +361,7 @@ class LoadClient:
         booted = time.monotonic()
         while any(c.cs_calls < expect_cs_calls for c in self.conns) and time.monotonic() - booted < 120:
             await asyncio.sleep(0.05)
-        self.idle = list(self.conns)
+        self.idle = deque(self.conns)
         return {
             "t0": t0,
             "booted": booted,
@@ -379,7 +382,7 @@ class LoadClient:
                 if not self.idle:
                     skipped += 1  # every point still waits for its answer: the server lags
                     continue
-                self.send(self.idle.pop())
+                self.send(self.idle.popleft())
                 sent += 1
             await asyncio.sleep(0.002)
         elapsed = time.perf_counter() - t0
@@ -391,7 +394,7 @@ class LoadClient:
 
     async def run_max(self, window: int, duration_s: float) -> dict[str, Any]:
         self.latencies, self.completed, self.closed_loop = [], 0, True
-        starters, self.idle = self.idle[:window], self.idle[window:]
+        starters = [self.idle.popleft() for _ in range(min(window, len(self.idle)))]
         t0 = time.perf_counter()
         for c in starters:
             self.send(c)

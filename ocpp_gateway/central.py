@@ -267,25 +267,27 @@ class CentralSystem:
         check: bool,
     ) -> None:
         rows: list[MeterValueRecord] = []
+        append, cp_id, isfinite = rows.append, state.id, math.isfinite  # hot loop: thousands/s
         for mv in meter_values:
             ts = parse_datetime(mv["timestamp"])
             for sv in mv["sampledValue"]:
                 value = sv["value"]
                 try:
                     num: float | None = float(value)
-                    if not math.isfinite(num):
+                    if not isfinite(num):  # type: ignore[arg-type]
                         num = None
                 except ValueError:
                     num = None  # SignedData and other non-numeric formats: keep the text
-                rows.append(
+                get = sv.get
+                append(
                     MeterValueRecord(
-                        state.id, connector_id, transaction_id, ts,
-                        sv.get("measurand", "Energy.Active.Import.Register"), sv.get("phase"),
-                        sv.get("location", "Outlet"), sv.get("context", "Sample.Periodic"),
-                        sv.get("unit", "Wh"), value, num,
+                        cp_id, connector_id, transaction_id, ts,
+                        get("measurand", "Energy.Active.Import.Register"), get("phase"),
+                        get("location", "Outlet"), get("context", "Sample.Periodic"),
+                        get("unit", "Wh"), value, num,
                     )
                 )  # fmt: skip
-            if check:
+            if check and state.dispatched:
                 self._check_compliance(state, connector_id, ts, mv["sampledValue"])
         inserted = self.storage.add_meter_values(rows)
         if inserted < len(rows):

@@ -96,6 +96,13 @@ class GatewayConfig:
         A point is non-compliant after ``compliance_violations`` consecutive meter samples more than
         ``compliance_tolerance_a`` above its limit, ignoring samples within ``compliance_grace_s``
         of a new profile [A, s, count].
+    freeze_gc
+        Move the objects of long-lived connections out of the cyclic garbage collector's reach
+        (``gc.freeze()``) after the number of connections grew: with thousands of points a full
+        collection otherwise stops the process for hundreds of milliseconds now and then (p99
+        latency). The gateway unfreezes every half hour and when many connections went away, so
+        that cyclic garbage among frozen objects is reclaimed then. Process-wide; off for
+        embedders that manage the collector themselves.
     """
 
     charge_points: tuple[KnownChargePoint, ...] = ()
@@ -118,6 +125,7 @@ class GatewayConfig:
     compliance_tolerance_a: float = 1.0
     compliance_grace_s: float = 30.0
     compliance_violations: int = 3
+    freeze_gc: bool = True
     _known: Mapping[str, KnownChargePoint] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

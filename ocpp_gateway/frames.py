@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -232,6 +231,10 @@ def _parse_call(msg: list[Any], unique_id: str | None) -> Call:
     return Call(unique_id, action, payload)
 
 
+# One encoder for every frame: ``json.dumps`` with options builds a new encoder per call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
 def serialize(frame: Frame) -> str:
     """The compact JSON text of a frame."""
     if isinstance(frame, Call):
@@ -240,7 +243,12 @@ def serialize(frame: Frame) -> str:
         msg = [3, frame.unique_id, frame.payload]
     else:
         msg = [4, frame.unique_id, frame.code, frame.description, frame.details]
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _encode(msg)
+
+
+def serialize_result(unique_id: str, payload: dict[str, Any]) -> str:
+    """``serialize(CallResult(unique_id, payload))`` without the intermediate frame."""
+    return _encode([3, unique_id, payload])
 
 
 def error_frame(unique_id: str, error: OcppError) -> CallError:
@@ -348,11 +356,9 @@ def parse_datetime(text: str) -> datetime:
     return dt.astimezone(UTC)
 
 
-_TZ_SUFFIX = re.compile(r"\+00:00$")
-
-
 def format_datetime(dt: datetime) -> str:
     """An aware datetime as OCPP wants it: UTC, ``Z`` suffix, milliseconds."""
     if dt.tzinfo is None:
         raise ValueError("datetime must be timezone-aware")
-    return _TZ_SUFFIX.sub("Z", dt.astimezone(UTC).isoformat(timespec="milliseconds"))
+    text = dt.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text[:-6] + "Z" if text.endswith("+00:00") else text

@@ -19,6 +19,7 @@ and raise the matching :class:`~ocpp_gateway.errors.OcppError` when the point an
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -99,6 +100,12 @@ SMART_CHARGING_KEYS = (
     "MaxChargingProfilesInstalled",
 )
 _DEFAULT_MAX_PERIODS = 24
+_SEEN_SLICE = 200  # last_seen rows written per loop turn
+#: Writes are committed this long after the first uncommitted one [s]. The answer to a message
+#: is sent before its commit: a process crash can lose what was answered in the last 10 ms.
+_COMMIT_DELAY_S = 0.01
+_GC_FREEZE_STEP = 100  # freeze again once this many more points are connected
+_GC_UNFREEZE_S = 1800.0  # let a full collection see everything this often
 _FAILSAFE_PROFILE_ID = 1
 
 
@@ -241,7 +248,7 @@ class Gateway:
     config
         Gateway configuration.
     storage
-        The store (its writes are committed once per event-loop turn).
+        The store (its writes are group-committed, at most ``_COMMIT_DELAY_S`` after they happen).
     clock
         Aware-UTC clock, injectable for tests.
     """
@@ -256,12 +263,15 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._commit_pending = False
         self._seen: dict[str, datetime] = {}
+        self._flushing: dict[str, datetime] = {}  # being written by _housekeep
         self._credentials = CredentialCache()
         self._password_hashes: dict[str, str] = {}
         self._plans: dict[tuple[str, int], tuple[list[tuple[datetime, float]], datetime, int | None]] = {}
         self._server: GatewayServer | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._stopped = False
+        self._gc_frozen_at: int | None = None  # connections when we last froze, None: not frozen
+        self._gc_frozen_since = 0.0
         self.stats: dict[str, int] = {"messages": 0, "bad_frames": 0, "throttled": 0}
         self._load_passwords()
 
@@ -310,6 +320,7 @@ class Gateway:
             self._server = None
         for conn in list(self._connections.values()):
             self.detach(conn)
+        self._unfreeze_gc()
         self._flush_seen()
         self.storage.commit()
         self._stopped = True  # the owner may close the store now; late commits are skipped
@@ -323,21 +334,55 @@ class Gateway:
     async def _housekeep(self) -> None:
         while True:
             await asyncio.sleep(5.0)
-            self._flush_seen()
+            # Thousands of points are seen in 5 s: write their last_seen in slices, one per loop
+            # turn, so that no turn blocks the loop for long (p99 latency).
+            self._flushing, self._seen = self._seen, {}
+            items = list(self._flushing.items())
+            for i in range(0, len(items), _SEEN_SLICE):
+                self.storage.touch(dict(items[i : i + _SEEN_SLICE]))
+                self._commit()
+                await asyncio.sleep(0)
+            self._flushing = {}
             self._commit()
+            if self.config.freeze_gc:
+                self._manage_gc()
+
+    def _manage_gc(self) -> None:
+        """See ``GatewayConfig.freeze_gc``. Called every few seconds; never collects itself."""
+        n = len(self._connections)
+        now = time.monotonic()
+        if self._gc_frozen_at is not None and (
+            now - self._gc_frozen_since > _GC_UNFREEZE_S or n < self._gc_frozen_at * 3 // 4
+        ):
+            gc.unfreeze()  # the next full collection (the collector's own) reclaims dead cycles
+            self._gc_frozen_at = None
+        if n >= (self._gc_frozen_at or 0) + _GC_FREEZE_STEP:
+            if self._gc_frozen_at is None:
+                self._gc_frozen_since = now
+            gc.freeze()
+            self._gc_frozen_at = n
+
+    def _unfreeze_gc(self) -> None:
+        if self._gc_frozen_at is not None:
+            gc.unfreeze()
+            self._gc_frozen_at = None
 
     def _flush_seen(self) -> None:
+        if self._flushing:
+            flushing, self._flushing = self._flushing, {}
+            self.storage.touch(flushing)
         if self._seen:
             seen, self._seen = self._seen, {}
             self.storage.touch(seen)
-            self._schedule_commit()
+        self._schedule_commit()
 
     def _schedule_commit(self) -> None:
-        # Group commit: everything written during this loop turn goes in one commit.
+        # Group commit: everything written within _COMMIT_DELAY_S (many loop turns under load) goes
+        # in one commit; a commit's cost is mostly its dirty pages, shared by the rows it carries.
         if not self._commit_pending:
             self._commit_pending = True
             try:
-                asyncio.get_running_loop().call_soon(self._commit)
+                asyncio.get_running_loop().call_later(_COMMIT_DELAY_S, self._commit)
             except RuntimeError:  # no loop (sync use): commit now
                 self._commit()
 
@@ -395,7 +440,7 @@ class Gateway:
         return sorted(self._connections)
 
     def last_seen(self, charge_point_id: str) -> datetime | None:
-        seen = self._seen.get(charge_point_id)
+        seen = self._seen.get(charge_point_id) or self._flushing.get(charge_point_id)
         if seen is not None:
             return seen
         record = self.storage.charge_point(charge_point_id)
@@ -504,11 +549,25 @@ class Gateway:
         if conn.waiter is not None and not conn.waiter.done():
             conn.waiter.set_exception(ConnectionLost(conn.cp_id, why))
 
-    async def _throttle(self, conn: _Connection) -> None:
+    def _take_token(self, conn: _Connection) -> bool:
+        """Take a token from the point's bucket if one is free (the common case: no await)."""
         now = time.monotonic()
-        rate, burst = self.config.rate_limit_per_s, float(self.config.rate_limit_burst)
-        conn.tokens = min(burst, conn.tokens + (now - conn.refill_at) * rate)
+        conn.tokens = min(
+            float(self.config.rate_limit_burst),
+            conn.tokens + (now - conn.refill_at) * self.config.rate_limit_per_s,
+        )
         conn.refill_at = now
+        if conn.tokens < 1.0:
+            return False
+        conn.tokens -= 1.0
+        return True
+
+    async def _throttle(self, conn: _Connection) -> None:
+        rate, burst = self.config.rate_limit_per_s, float(self.config.rate_limit_burst)
+        await self._throttle_wait(conn, rate, burst)
+        conn.tokens -= 1.0
+
+    async def _throttle_wait(self, conn: _Connection, rate: float, burst: float) -> None:
         if conn.tokens < 1.0:
             conn.throttled += 1
             self.stats["throttled"] += 1
@@ -519,11 +578,11 @@ class Gateway:
             now = time.monotonic()
             conn.tokens = min(burst, conn.tokens + (now - conn.refill_at) * rate)
             conn.refill_at = now
-        conn.tokens -= 1.0
 
     async def receive(self, conn: _Connection, data: str | bytes) -> None:
         """Handle one websocket message from ``conn`` (the server calls this in its read loop)."""
-        await self._throttle(conn)
+        if not self._take_token(conn):
+            await self._throttle(conn)
         self.stats["messages"] += 1
         cp_id = conn.cp_id
         self._seen[cp_id] = self.clock()

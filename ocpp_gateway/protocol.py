@@ -25,10 +25,10 @@ from ocpp_gateway.frames import (
     BadFrame,
     Call,
     CallError,
-    CallResult,
     error_frame,
     parse,
     serialize,
+    serialize_result,
     validate_call,
     validate_result,
 )
@@ -127,7 +127,7 @@ class OcppProtocol:
 
     @staticmethod
     def send_result(unique_id: str, payload: dict[str, Any]) -> str:
-        return serialize(CallResult(unique_id, payload))
+        return serialize_result(unique_id, payload)
 
     @staticmethod
     def send_error(unique_id: str, error: OcppError) -> str:

@@ -3,10 +3,21 @@
 :class:`SqliteStorage` runs in WAL mode with ``synchronous=NORMAL``: a commit is a write into the
 WAL (no fsync), so a crashed process loses nothing committed; only a power cut can lose the last
 moments. Write methods do not commit; the owner calls :meth:`Storage.commit`. The gateway commits
-once per event-loop turn in which something was written (group commit), so a storm of MeterValues
-costs one commit per turn, not one per frame, and every write is a single short statement on the
+10 ms after the first uncommitted write (group commit), so a storm of MeterValues costs one commit
+per 10 ms, not one per frame, and every write is a single short statement on the
 loop thread (tens of microseconds), never a long block. ``autocommit=True`` commits after every
 write, for scripts and tests.
+
+Checkpoints (copying the WAL back into the database file, with an fsync) do not run on the loop
+thread: SQLite's automatic checkpoint would make every ~1000th commit take tens of milliseconds.
+Instead :meth:`SqliteStorage.commit` hands a ``PASSIVE`` checkpoint to a short-lived worker thread
+(its own connection; SQLite releases the GIL) at most once a second. This changes nothing about
+durability: a commit is in the WAL either way, and closing the store checkpoints what is left.
+
+What a crash can lose: a process crash (or kill) loses what was written but not yet committed,
+with the gateway the last 10 ms (it answers a message before the commit, so a point may have had
+an answer for it; a point that replays it after reconnecting is deduplicated as usual); a power cut
+or OS crash can also lose the commits since the last checkpoint's fsync (about a second).
 
 Schema changes are numbered migrations in :data:`MIGRATIONS`; ``schema_version`` records the last
 applied one. A database written by newer code raises :class:`~ocpp_gateway.errors.StorageError`.
@@ -14,8 +25,11 @@ applied one. A database written by newer code raises :class:`~ocpp_gateway.error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -308,6 +322,14 @@ def _ts(dt: datetime | None) -> str | None:
     return dt.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+#: Seconds between two background checkpoints (see the module docstring).
+CHECKPOINT_INTERVAL_S = 1.0
+#: WAL size [bytes] beyond which a checkpoint is finished on the writer's thread: a background
+#: checkpoint never reaches the end of a WAL that is written meanwhile, and only a checkpoint that
+#: did lets the next write start the WAL over (otherwise it would grow without bound under load).
+WAL_RESET_BYTES = 32 << 20
+
+
 def _dt(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
@@ -326,11 +348,21 @@ class SqliteStorage:
     def __init__(self, path: str | Path, *, autocommit: bool = False) -> None:
         self.path = str(path)
         self.autocommit = autocommit
+        self._ckpt_db: sqlite3.Connection | None = None
+        self._ckpt_thread: threading.Thread | None = None
+        self._ckpt_at = time.monotonic()
+        self._wal_frames = 0  # WAL length [pages] seen by the last background checkpoint
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            # A file in WAL mode: checkpoints in a worker thread, not on the writer's commits
+            # (with autocommit, commits bypass commit(): SQLite's own checkpoints stay on).
+            self._bg_checkpoint = str(mode).lower() == "wal" and not autocommit
+            if self._bg_checkpoint:
+                self._db.execute("PRAGMA wal_autocheckpoint=0")
+                self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise StorageError(f"{self.path}: {e}") from e
@@ -366,9 +398,48 @@ class SqliteStorage:
     def commit(self) -> None:
         if self._db.in_transaction:
             self._db.commit()
+            if self._bg_checkpoint:
+                self._maybe_checkpoint()
+
+    def _maybe_checkpoint(self) -> None:
+        thread = self._ckpt_thread
+        if thread is not None:
+            if thread.is_alive():
+                return
+            self._ckpt_thread = None
+            if self._wal_frames * self._page_size > WAL_RESET_BYTES:
+                self._wal_frames = 0
+                # The background checkpoint just copied all but what was written while it ran:
+                # copy that little here, so that the next write restarts the WAL.
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            return
+        if time.monotonic() - self._ckpt_at >= CHECKPOINT_INTERVAL_S:
+            self._ckpt_at = time.monotonic()
+            self._ckpt_thread = threading.Thread(
+                target=self._checkpoint, name="sqlite-checkpoint", daemon=True
+            )
+            self._ckpt_thread.start()
+
+    def _checkpoint(self) -> None:
+        # Runs in the worker thread; one at a time (``_maybe_checkpoint``), so the connection is
+        # never used by two threads at once.
+        try:
+            if self._ckpt_db is None:
+                self._ckpt_db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            row = self._ckpt_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._wal_frames = int(row[1]) if row and row[1] and row[1] > 0 else 0
+        except sqlite3.Error:
+            pass  # best effort: the next one (or close) checkpoints
 
     def close(self) -> None:
         self.commit()
+        if self._ckpt_thread is not None:
+            self._ckpt_thread.join()
+            self._ckpt_thread = None
+        if self._ckpt_db is not None:
+            self._ckpt_db.close()
+            self._ckpt_db = None
         self._db.close()
 
     # -- charge points -----------------------------------------------------------------------
@@ -396,10 +467,10 @@ class SqliteStorage:
         )
 
     def touch(self, seen: dict[str, datetime]) -> None:
-        for cp_id in seen:
-            self._ensure_cp(cp_id)
         self._db.executemany(
-            "UPDATE charge_points SET last_seen=? WHERE id=?", [(_ts(t), cp) for cp, t in seen.items()]
+            "INSERT INTO charge_points (id, last_seen) VALUES (?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET last_seen=excluded.last_seen",
+            [(cp, _ts(t)) for cp, t in seen.items()],
         )
         if self.autocommit:
             self._db.commit()
@@ -623,18 +694,20 @@ class SqliteStorage:
     # -- meter values ------------------------------------------------------------------------
     def add_meter_values(self, records: Sequence[MeterValueRecord]) -> int:
         before = self._db.total_changes
-        self._db.executemany(
-            "INSERT OR IGNORE INTO meter_values VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
+        rows = []
+        last_dt: datetime | None = None
+        last_ts: str | None = None
+        for r in records:
+            if r.timestamp is not last_dt:  # the sampled values of one meterValue share their timestamp
+                last_dt, last_ts = r.timestamp, _ts(r.timestamp)
+            rows.append(
                 (
                     r.charge_point_id, r.connector_id,
                     _NO_TX if r.transaction_id is None else r.transaction_id,
-                    _ts(r.timestamp), r.measurand, r.phase or "", r.location, r.context, r.unit, r.value,
-                    r.value_num,
+                    last_ts, r.measurand, r.phase or "", r.location, r.context, r.unit, r.value, r.value_num,
                 )
-                for r in records
-            ],
-        )  # fmt: skip
+            )  # fmt: skip
+        self._db.executemany("INSERT OR IGNORE INTO meter_values VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
         if self.autocommit:
             self._db.commit()
         return self._db.total_changes - before
