@@ -327,7 +327,7 @@ CHECKPOINT_INTERVAL_S = 1.0
 #: WAL size [bytes] beyond which a checkpoint is finished on the writer's thread: a background
 #: checkpoint never reaches the end of a WAL that is written meanwhile, and only a checkpoint that
 #: did lets the next write start the WAL over (otherwise it would grow without bound under load).
-WAL_RESET_BYTES = 32 << 20
+WAL_RESET_BYTES = 128 << 20
 
 
 def _dt(text: str | None) -> datetime | None:
