@@ -5,6 +5,13 @@ or raises the :class:`~ocpp_gateway.errors.OcppError` to answer with.
 Offline replays are expected, not exceptional (DOMAIN.md): a StartTransaction seen before gets
 the same transaction id back, a StopTransaction for a transaction never seen is recorded as an
 orphan stop, a second stop is ignored, a MeterValues sample seen before is stored once.
+
+Security extension (whitepaper edition 3): SignCertificate is answered here, after the CSR checks
+of :func:`~ocpp_gateway.certificates.check_csr`, and recorded; the signing itself and the
+CertificateSigned that follows are the gateway's (asynchronous, after the answer is sent).
+LogStatusNotification and SignedFirmwareStatusNotification are kept, with their ``requestId``,
+in the notification history like the other status notifications; SecurityEventNotification in
+the security events.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ocpp_gateway.certificates import CertificateAuthority, CertificateError, check_csr, load_authority
 from ocpp_gateway.config import GatewayConfig
 from ocpp_gateway.dispatch import ChargingProfile, limit_at, measured_current_a
 from ocpp_gateway.errors import NotImplementedAction, PropertyConstraintViolation, SecurityError
@@ -28,6 +36,7 @@ from ocpp_gateway.states import (
     transaction_step,
 )
 from ocpp_gateway.storage import (
+    CertificateRequestStatus,
     ConnectorRecord,
     MeterValueRecord,
     NotificationRecord,
@@ -40,6 +49,14 @@ __all__ = ["CentralSystem", "Clock", "PointState"]
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+#: Status notifications that report a failure (logged as warnings; all are recorded).
+_FAILURE_STATUSES = frozenset(
+    {
+        "DownloadFailed", "InstallationFailed", "InstallVerificationFailed", "InvalidSignature",
+        "UploadFailed", "UploadFailure", "BadMessage", "PermissionDenied", "NotSupportedOperation",
+    }
+)  # fmt: skip
 
 
 def _utcnow() -> datetime:
@@ -103,8 +120,15 @@ class CentralSystem:
             "LogStatusNotification": self._notification,
             "SignedFirmwareStatusNotification": self._notification,
             "SecurityEventNotification": self._security_event,
+            "SignCertificate": self._sign_certificate,
         }
         self._action = ""  # action being handled, for _notification
+        #: Signs accepted CSRs; None when ``config`` names no CA files (every CSR is then refused).
+        self.ca: CertificateAuthority | None = load_authority(
+            config.ca_cert_path, config.ca_key_path, lifetime_days=config.certificate_lifetime_days
+        )
+        #: Accepted CSRs waiting to be signed by the gateway: charge point id -> request id.
+        self.csr_pending: dict[str, int] = {}
 
     def point(self, charge_point_id: str) -> PointState:
         """The in-memory state of a point, created on first contact."""
@@ -327,7 +351,30 @@ class CentralSystem:
 
     def _notification(self, state: PointState, p: dict[str, Any]) -> dict[str, Any]:
         self.storage.record_notification(NotificationRecord(state.id, self._action, p, self.clock()))
+        if p.get("status") in _FAILURE_STATUSES:
+            log.warning(
+                "[%s] %s %s (request %s)", state.id, self._action, p["status"], p.get("requestId", "-")
+            )
         return {}
+
+    def _sign_certificate(self, state: PointState, p: dict[str, Any]) -> dict[str, Any]:
+        csr = p["csr"]
+        reason: str | None = None
+        if self.ca is None:
+            reason = "no certificate authority configured (ca_cert_path, ca_key_path)"
+        else:
+            try:
+                check_csr(csr, state.id)
+            except CertificateError as e:
+                reason = e.reason
+        status = CertificateRequestStatus.REJECTED if reason else CertificateRequestStatus.PENDING
+        request_id = self.storage.record_certificate_request(state.id, csr, status, reason, self.clock())
+        if reason is not None:
+            log.warning("[%s] SignCertificate rejected: %s", state.id, reason)
+            return {"status": "Rejected"}
+        log.info("[%s] SignCertificate accepted (request %d)", state.id, request_id)
+        self.csr_pending[state.id] = request_id
+        return {"status": "Accepted"}
 
     def _security_event(self, state: PointState, p: dict[str, Any]) -> dict[str, Any]:
         self.storage.record_security_event(

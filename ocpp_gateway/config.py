@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import ssl
 from collections.abc import Mapping
@@ -103,6 +104,28 @@ class GatewayConfig:
         latency). The gateway unfreezes every half hour and when many connections went away, so
         that cyclic garbage among frozen objects is reclaimed then. Process-wide; off for
         embedders that manage the collector themselves.
+    lockout_failures, lockout_window_s, lockout_s, lockout_max_s
+        After ``lockout_failures`` failed authentications for one charge point id within
+        ``lockout_window_s``, its handshakes are refused (401, credentials not checked) for
+        ``lockout_s``; each lockout that follows within ``lockout_max_s`` of the last doubles, up
+        to ``lockout_max_s``. A successful login resets the count. 0 failures disables
+        [count, s, s, s]. See :class:`~ocpp_gateway.security.HandshakeGuard`.
+    ip_lockout_failures, ip_lockout_window_s
+        The same per remote address (IPv6: per /64), over all ids, with the same lock times
+        [count, s]. 0 disables; do so where many points share one NAT address.
+    handshake_rate_per_s, handshake_burst
+        Token bucket of new connections per remote address [connections/s, connections]; beyond
+        it the handshake gets 429 with ``Retry-After``. The default burst takes the boot storm of
+        a 5,000-point fleet behind one address. A rate of 0 disables.
+    handshake_max_tracked
+        At most this many ids or addresses are tracked in each table of the lockouts and the
+        rate limit (old and expired entries go first) [count].
+    ca_cert_path, ca_key_path
+        PEM files of the certificate authority that signs charge point certificates (security
+        extension, SignCertificate): the CA certificate (then any parents) and its unencrypted
+        key. Both or neither; without them every CSR is answered Rejected.
+    certificate_lifetime_days
+        Validity of a certificate the CA issues [days]; never beyond the CA's own.
     """
 
     charge_points: tuple[KnownChargePoint, ...] = ()
@@ -126,6 +149,18 @@ class GatewayConfig:
     compliance_grace_s: float = 30.0
     compliance_violations: int = 3
     freeze_gc: bool = True
+    lockout_failures: int = 5
+    lockout_window_s: float = 60.0
+    lockout_s: float = 300.0
+    lockout_max_s: float = 3600.0
+    ip_lockout_failures: int = 20
+    ip_lockout_window_s: float = 60.0
+    handshake_rate_per_s: float = 100.0
+    handshake_burst: int = 5000
+    handshake_max_tracked: int = 10_000
+    ca_cert_path: str | os.PathLike[str] | None = None
+    ca_key_path: str | os.PathLike[str] | None = None
+    certificate_lifetime_days: int = 365
     _known: Mapping[str, KnownChargePoint] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +190,29 @@ class GatewayConfig:
             raise ConfigError("failsafe_current_a", f"must be in [0, 1000) A, got {self.failsafe_current_a}")
         if self.dispatch_stack_level < 1 and self.failsafe_purpose == "TxDefaultProfile":
             raise ConfigError("dispatch_stack_level", "must be above the failsafe's stack level 0")
+        self._check_handshake_limits()
+        if (self.ca_cert_path is None) != (self.ca_key_path is None):
+            raise ConfigError("ca_cert_path", "ca_cert_path and ca_key_path go together")
+        days = self.certificate_lifetime_days
+        if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+            raise ConfigError("certificate_lifetime_days", f"must be a whole number >= 1, got {days!r}")
+
+    def _check_handshake_limits(self) -> None:
+        least = {"lockout_failures": 0, "ip_lockout_failures": 0}
+        least |= {"handshake_burst": 1, "handshake_max_tracked": 1}
+        for name, low in least.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ConfigError(name, f"must be a whole number >= {low}, got {value!r}")
+        times = ("lockout_window_s", "lockout_s", "lockout_max_s", "ip_lockout_window_s")
+        for name in (*times, "handshake_rate_per_s"):
+            value = getattr(self, name)
+            ok = isinstance(value, int | float) and math.isfinite(value)
+            zero_ok = name == "handshake_rate_per_s"
+            if not ok or value < 0 or (value == 0 and not zero_ok):
+                raise ConfigError(name, f"must be a positive number{' or 0' * zero_ok}, got {value!r}")
+        if self.lockout_max_s < self.lockout_s:
+            raise ConfigError("lockout_max_s", f"must be at least lockout_s = {self.lockout_s}")
 
     def known(self, charge_point_id: str) -> KnownChargePoint | None:
         """The registered point with this id, or None."""

@@ -64,7 +64,12 @@ class SchedulePeriod:
 
 @dataclass(frozen=True, slots=True)
 class ChargingProfile:
-    """An OCPP 1.6 ``csChargingProfiles``; :meth:`to_ocpp` gives the JSON object."""
+    """An OCPP 1.6 ``csChargingProfiles``; :meth:`to_ocpp` gives the JSON object.
+
+    A TxProfile names its transaction (``transaction_id``) when it is set on a running transaction
+    (SetChargingProfile, checked by :meth:`check_for_set`); the TxProfile of a
+    RemoteStartTransaction has none, because its transaction does not exist yet (OCPP 1.6 5.11).
+    """
 
     profile_id: int
     stack_level: int
@@ -83,8 +88,11 @@ class ChargingProfile:
     def __post_init__(self) -> None:
         if not self.periods or self.periods[0].start_s != 0:
             raise PlanError("periods", "a schedule needs periods and the first must start at 0 s")
+
+    def check_for_set(self) -> None:
+        """Raise :class:`PlanError` if SetChargingProfile cannot carry it: a TxProfile without transaction."""
         if self.purpose == "TxProfile" and self.transaction_id is None:
-            raise PlanError("transaction_id", "a TxProfile needs the transaction id")
+            raise PlanError("transaction_id", "a TxProfile set on a transaction needs the transaction id")
 
     def to_ocpp(self) -> dict[str, Any]:
         """The ``csChargingProfiles`` JSON object (camelCase)."""
@@ -252,6 +260,8 @@ def plan_to_profile(
         raise PlanError("end", "must be after the last interval start")
     if end <= now and fallback_limit_a is None:
         raise PlanError("end", "the plan is already over")
+    if purpose == "TxProfile" and transaction_id is None:
+        raise PlanError("transaction_id", "a TxProfile needs the transaction id")
 
     # Whole seconds: startPeriod is an integer and startSchedule a second-resolution time.
     now = now.astimezone(UTC).replace(microsecond=0)

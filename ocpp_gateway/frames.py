@@ -75,10 +75,11 @@ CP_ACTIONS = frozenset(
         "StopTransaction",
         "SecurityEventNotification",
         "LogStatusNotification",
+        "SignCertificate",
         "SignedFirmwareStatusNotification",
     }
 )
-#: Actions the central system sends (commands).
+#: Actions the central system sends (commands; the last seven from the security extension).
 CS_ACTIONS = frozenset(
     {
         "CancelReservation",
@@ -100,11 +101,18 @@ CS_ACTIONS = frozenset(
         "TriggerMessage",
         "UnlockConnector",
         "UpdateFirmware",
+        "CertificateSigned",
+        "DeleteCertificate",
+        "ExtendedTriggerMessage",
+        "GetInstalledCertificateIds",
+        "GetLog",
+        "InstallCertificate",
+        "SignedUpdateFirmware",
     }
 )
-# Known OCPP 1.6 (+ security extension) actions we do not accept from a charge point:
-# NotSupported rather than NotImplemented.
-_KNOWN_UNSUPPORTED = frozenset({"SignCertificate"}) | (CS_ACTIONS - {"DataTransfer"})
+# Known OCPP 1.6 (+ security extension) actions we do not accept from a charge point (commands a
+# central system sends): NotSupported rather than NotImplemented.
+_KNOWN_UNSUPPORTED = CS_ACTIONS - {"DataTransfer"}
 
 
 class MessageType(IntEnum):

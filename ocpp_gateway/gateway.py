@@ -14,16 +14,28 @@ connection (a per-connection lock), give up after ``config.call_timeout_s`` with
 :class:`~ocpp_gateway.errors.CallTimeout` and always clear what they left behind, raise
 :class:`~ocpp_gateway.errors.ConnectionLost` at once when the connection closes or is replaced,
 and raise the matching :class:`~ocpp_gateway.errors.OcppError` when the point answers CALLERROR.
+
+Security extension (whitepaper edition 3): ``extended_trigger_message``, ``certificate_signed``,
+``install_certificate``, ``delete_certificate`` (and ``delete_installed_certificate``, which asks
+the point for its hash data first), ``get_installed_certificate_ids``, ``get_log``,
+``signed_update_firmware`` and ``upgrade_security_profile``. A SignCertificate the central system
+accepted is signed by the configured CA and sent back with CertificateSigned by a background task
+(event ``certificate``). A point whose SecurityProfile was raised through this gateway may not
+connect with less: without credentials once it is at 1 or more; with a password only once it is
+at 3, if this gateway terminates TLS and asks for client certificates (otherwise it cannot see
+them, and TLS may end in front of it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,6 +43,9 @@ from ocpp.v16.enums import (
     AvailabilityStatus,
     AvailabilityType,
     CancelReservationStatus,
+    CertificateSignedStatus,
+    CertificateStatus,
+    CertificateUse,
     ChargingProfilePurposeType,
     ChargingProfileStatus,
     ChargingRateUnitType,
@@ -38,7 +53,11 @@ from ocpp.v16.enums import (
     ClearChargingProfileStatus,
     ConfigurationStatus,
     DataTransferStatus,
+    DeleteCertificateStatus,
     GetCompositeScheduleStatus,
+    GetInstalledCertificateStatus,
+    Log,
+    LogStatus,
     MessageTrigger,
     RemoteStartStopStatus,
     ReservationStatus,
@@ -46,11 +65,19 @@ from ocpp.v16.enums import (
     ResetType,
     TriggerMessageStatus,
     UnlockStatus,
+    UpdateFirmwareStatus,
     UpdateStatus,
     UpdateType,
 )
 
 from ocpp_gateway.central import CentralSystem, Clock, _utcnow
+from ocpp_gateway.certificates import (
+    CertificateError,
+    CertificateHashData,
+    certificate_hash_data,
+    check_csr,
+    load_certificates,
+)
 from ocpp_gateway.config import GatewayConfig
 from ocpp_gateway.dispatch import (
     ChargingProfile,
@@ -74,7 +101,13 @@ from ocpp_gateway.errors import (
 from ocpp_gateway.frames import format_datetime, parse_datetime
 from ocpp_gateway.protocol import AnswerReceived, CallReceived, Dropped, OcppProtocol, ReplyNeeded
 from ocpp_gateway.security import CredentialCache, hash_password, parse_basic_auth, verify_password
-from ocpp_gateway.storage import IdTagRecord, SecurityEventRecord, Storage
+from ocpp_gateway.storage import (
+    CertificateCommandRecord,
+    CertificateRequestStatus,
+    IdTagRecord,
+    SecurityEventRecord,
+    Storage,
+)
 
 if TYPE_CHECKING:
     from ocpp_gateway.server import GatewayServer
@@ -86,7 +119,10 @@ __all__ = [
     "DispatchResult",
     "Gateway",
     "GatewayEvent",
+    "GetLogResult",
+    "InstalledCertificates",
     "KeyValue",
+    "SignedUpdateFirmwareResult",
     "Transport",
 ]
 
@@ -107,6 +143,8 @@ _COMMIT_DELAY_S = 0.01
 _GC_FREEZE_STEP = 100  # freeze again once this many more points are connected
 _GC_UNFREEZE_S = 1800.0  # let a full collection see everything this often
 _FAILSAFE_PROFILE_ID = 1
+#: Private config key: the SecurityProfile a point accepted through this gateway (the least it may use).
+_MIN_PROFILE_KEY = "_security_profile_min"
 
 
 def _tx_default_profile_id(connector_id: int) -> int:
@@ -133,7 +171,9 @@ class GatewayEvent:
 
     ``kind``: ``connected``, ``disconnected``, ``call`` (a message from a point was answered:
     ``action``, ``payload`` and ``response`` set), ``bad_frame`` (``payload`` holds the error code),
-    ``failsafe`` (``payload`` holds the profile status).
+    ``failsafe`` (``payload`` holds the profile status), ``certificate`` (a certificate was issued
+    for a SignCertificate and delivered, or not: ``payload`` holds ``request_id`` and ``status``, a
+    :class:`~ocpp_gateway.storage.CertificateRequestStatus` value).
     """
 
     kind: str
@@ -147,7 +187,7 @@ class GatewayEvent:
 class AuthResult:
     ok: bool
     reason: str
-    profile: int  # security profile the point used: 0, 1/2 (Basic) or 3 (client certificate)
+    profile: int  # security profile used: 0, 1 (Basic), 2 (Basic over our TLS), 3 (client certificate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +230,35 @@ class CompositeSchedule:
             periods=self.periods, start_schedule=self.schedule_start, duration_s=self.duration_s,
         )  # fmt: skip
         return limit_at(profile, at, voltage_v=voltage_v, phases=phases)
+
+
+@dataclass(frozen=True, slots=True)
+class InstalledCertificates:
+    """A GetInstalledCertificateIds answer: the hash data of each certificate of the type asked for."""
+
+    status: GetInstalledCertificateStatus
+    certificates: tuple[CertificateHashData, ...] = ()
+
+    def find(self, wanted: CertificateHashData) -> CertificateHashData | None:
+        """The entry (as the point reported it) for the same certificate, or None."""
+        return next((c for c in self.certificates if c.matches(wanted)), None)
+
+
+@dataclass(frozen=True, slots=True)
+class GetLogResult:
+    """A GetLog answer; LogStatusNotifications that follow carry ``request_id``."""
+
+    status: LogStatus
+    request_id: int
+    filename: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SignedUpdateFirmwareResult:
+    """A SignedUpdateFirmware answer; SignedFirmwareStatusNotifications that follow carry ``request_id``."""
+
+    status: UpdateFirmwareStatus
+    request_id: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +342,9 @@ class Gateway:
         self._gc_frozen_at: int | None = None  # connections when we last froze, None: not frozen
         self._gc_frozen_since = 0.0
         self.stats: dict[str, int] = {"messages": 0, "bad_frames": 0, "throttled": 0}
+        self._min_profiles: dict[str, int] = {}  # read from the store on a point's first handshake
+        # requestId of GetLog / SignedUpdateFirmware: from the wall clock, so unique across restarts.
+        self._request_ids = itertools.count(int(time.time()) % 2_000_000_000)
         self._load_passwords()
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -471,6 +543,13 @@ class Gateway:
         creds = parse_basic_auth(authorization)
         if stored is None:
             if self.config.allow_profile_0:
+                required = self.required_security_profile(charge_point_id)
+                if required > 0:
+                    return self._refuse(
+                        charge_point_id,
+                        f"security profile {required} required, connected without credentials",
+                        remote,
+                    )
                 log.warning(
                     "[%s] connects without authentication (security profile 0) from %s",
                     charge_point_id,
@@ -483,13 +562,29 @@ class Gateway:
         user, password = creds
         if user != charge_point_id:
             return self._refuse(charge_point_id, "Basic auth user is not the charge point id", remote)
-        if self._credentials.check(charge_point_id, password, stored):
-            return AuthResult(True, "password", 1)
-        ok = await asyncio.to_thread(verify_password, password, stored)
-        if not ok:
-            return self._refuse(charge_point_id, "wrong password", remote)
-        self._credentials.remember(charge_point_id, password, stored)
-        return AuthResult(True, "password", 1)
+        if not self._credentials.check(charge_point_id, password, stored):
+            ok = await asyncio.to_thread(verify_password, password, stored)
+            if not ok:
+                return self._refuse(charge_point_id, "wrong password", remote)
+            self._credentials.remember(charge_point_id, password, stored)
+        if self.required_security_profile(charge_point_id) >= 3 and self._sees_client_certificates():
+            return self._refuse(
+                charge_point_id, "security profile 3 required, connected with a password only", remote
+            )
+        return AuthResult(True, "password", 1 if self.config.ssl_context is None else 2)
+
+    def required_security_profile(self, charge_point_id: str) -> int:
+        """The SecurityProfile a point accepted through this gateway (0 if never changed here)."""
+        profile = self._min_profiles.get(charge_point_id)
+        if profile is None:
+            value = self.storage.config_values(charge_point_id).get(_MIN_PROFILE_KEY)
+            profile = int(value) if value and value.isdigit() else 0
+            self._min_profiles[charge_point_id] = profile
+        return profile
+
+    def _sees_client_certificates(self) -> bool:
+        ctx = self.config.ssl_context
+        return ctx is not None and ctx.verify_mode != ssl.CERT_NONE and self.config.client_cert_must_match_id
 
     def _refuse(self, charge_point_id: str, reason: str, remote: str) -> AuthResult:
         log.warning("[%s] authentication refused from %s: %s", charge_point_id, remote, reason)
@@ -636,6 +731,10 @@ class Gateway:
             plan = self._plans.get((cp_id, payload["connectorId"]))
             if plan is not None:
                 self._spawn(self._redispatch(cp_id, payload["connectorId"]))
+        elif action == "SignCertificate":
+            request_id = self.central.csr_pending.pop(cp_id, None)
+            if request_id is not None and response["status"] == "Accepted":
+                self._spawn(self._issue_certificate(cp_id, request_id))
         if self._listeners:
             self._emit(GatewayEvent("call", cp_id, action, payload, response))
 
@@ -689,6 +788,9 @@ class Gateway:
         connector_id: int | None = None,
         charging_profile: ChargingProfile | None = None,
     ) -> RemoteStartStopStatus:
+        """Ask a point to start a transaction; ``charging_profile`` must be a TxProfile. Its
+        ``transaction_id`` (best None) is never sent: the transaction does not exist yet.
+        """
         if connector_id is not None and connector_id < 1:
             # OCPP 1.6 5.11: a remote start names a connector > 0 (or none).
             raise PropertyConstraintViolation("RemoteStartTransaction connectorId must be > 0")
@@ -696,7 +798,14 @@ class Gateway:
         if connector_id is not None:
             payload["connectorId"] = connector_id
         if charging_profile is not None:
-            payload["chargingProfile"] = charging_profile.to_ocpp()
+            if charging_profile.purpose != "TxProfile":
+                raise PropertyConstraintViolation(
+                    "RemoteStartTransaction's chargingProfile must be a TxProfile"
+                )
+            body = charging_profile.to_ocpp()
+            # OCPP 1.6 5.11: the transaction does not exist yet, so the profile names none.
+            body.pop("transactionId", None)
+            payload["chargingProfile"] = body
         answer = await self.call(charge_point_id, "RemoteStartTransaction", payload)
         return RemoteStartStopStatus(answer["status"])
 
@@ -723,13 +832,54 @@ class Gateway:
         return AvailabilityStatus(answer["status"])
 
     async def change_configuration(self, charge_point_id: str, key: str, value: str) -> ConfigurationStatus:
+        """Set a configuration key; an accepted value is remembered (AuthorizationKey only as ``[secret]``).
+
+        An accepted ``SecurityProfile`` becomes the least profile the point may connect with.
+        """
+        is_profile = key == "SecurityProfile"
+        if is_profile and value not in ("0", "1", "2", "3"):
+            raise PropertyConstraintViolation(f"SecurityProfile must be 0, 1, 2 or 3, got {value!r}")
         answer = await self.call(charge_point_id, "ChangeConfiguration", {"key": key, "value": value})
         status = ConfigurationStatus(answer["status"])
         if status in (ConfigurationStatus.accepted, ConfigurationStatus.reboot_required):
             # AuthorizationKey is the point's Basic-auth password: never stored in clear.
             stored = "[secret]" if key.lower() == "authorizationkey" else value
-            self.storage.set_config_values(charge_point_id, {key: stored})
+            values: dict[str, str | None] = {key: stored}
+            if is_profile:
+                values[_MIN_PROFILE_KEY] = value
+                self._min_profiles[charge_point_id] = int(value)
+                log.info("[%s] security profile %s accepted", charge_point_id, value)
+            self.storage.set_config_values(charge_point_id, values)
             self._schedule_commit()
+        return status
+
+    async def upgrade_security_profile(self, charge_point_id: str, profile: int) -> ConfigurationStatus:
+        """Raise a point's SecurityProfile (whitepaper; OCTT TC_083): ChangeConfiguration, then, if
+        Accepted, a hard Reset so that it reconnects with the new profile.
+
+        Refused here, before anything is sent (:class:`PropertyConstraintViolation`): a downgrade
+        (points reject them), and profiles the point could not log in with afterwards: 1 or 2
+        without a password stored for it, 3 when this gateway does not check client certificates.
+        For 2 and 3 the point also needs the CentralSystemRootCertificate (:meth:`install_certificate`).
+        """
+        current = self.required_security_profile(charge_point_id)
+        if not 1 <= profile <= 3 or profile <= current:
+            raise PropertyConstraintViolation(
+                f"SecurityProfile can only be raised (now {current}, asked {profile}; at most 3)"
+            )
+        if profile in (1, 2) and charge_point_id not in self._password_hashes:
+            raise PropertyConstraintViolation(
+                f"SecurityProfile {profile} needs a password: set one first (set_password, AuthorizationKey)"
+            )
+        if profile == 3 and not self._sees_client_certificates():
+            raise PropertyConstraintViolation(
+                "SecurityProfile 3 needs this gateway to check client certificates (ssl_context)"
+            )
+        status = await self.change_configuration(charge_point_id, "SecurityProfile", str(profile))
+        if status == ConfigurationStatus.accepted:
+            await self.reset(charge_point_id, ResetType.hard)
+        else:
+            log.warning("[%s] SecurityProfile %d %s: unchanged", charge_point_id, profile, status.value)
         return status
 
     async def get_configuration(
@@ -769,7 +919,11 @@ class Gateway:
     async def set_charging_profile(
         self, charge_point_id: str, connector_id: int, profile: ChargingProfile
     ) -> ChargingProfileStatus:
-        """Send a profile; the profile and the answer (or why there was none) are recorded."""
+        """Send a profile; the profile and the answer (or why there was none) are recorded.
+
+        Raises :class:`~ocpp_gateway.errors.PlanError` for a TxProfile without transaction id.
+        """
+        profile.check_for_set()
         body = profile.to_ocpp()
         try:
             answer = await self.call(
@@ -935,6 +1089,224 @@ class Gateway:
             payload["data"] = data
         answer = await self.call(charge_point_id, "DataTransfer", payload)
         return DataTransferStatus(answer["status"]), answer.get("data")
+
+    # --- security extension (whitepaper edition 3) ------------------------------------------
+    async def extended_trigger_message(
+        self,
+        charge_point_id: str,
+        requested_message: MessageTrigger | str,
+        *,
+        connector_id: int | None = None,
+    ) -> TriggerMessageStatus:
+        """ExtendedTriggerMessage; ``SignChargePointCertificate`` makes the point send a CSR."""
+        payload: dict[str, Any] = {"requestedMessage": str(requested_message)}
+        if connector_id is not None:
+            payload["connectorId"] = connector_id
+        answer = await self.call(charge_point_id, "ExtendedTriggerMessage", payload)
+        return TriggerMessageStatus(answer["status"])
+
+    async def certificate_signed(
+        self, charge_point_id: str, certificate_chain: str
+    ) -> CertificateSignedStatus:
+        """Send a signed certificate (PEM, then its CA certificates). Raises
+        :class:`~ocpp_gateway.certificates.CertificateError` if it is not PEM (nothing is sent)."""
+        load_certificates(certificate_chain)
+        answer = await self.call(
+            charge_point_id, "CertificateSigned", {"certificateChain": certificate_chain}
+        )
+        return CertificateSignedStatus(answer["status"])
+
+    async def install_certificate(
+        self, charge_point_id: str, certificate_type: CertificateUse | str, certificate: str
+    ) -> CertificateStatus:
+        """Install a root certificate (PEM) on a point; the command and its answer are recorded.
+
+        Raises :class:`~ocpp_gateway.certificates.CertificateError` if ``certificate`` is not a PEM
+        certificate (nothing is sent).
+        """
+        cert = load_certificates(certificate)[0]
+        try:
+            hash_data = certificate_hash_data(cert).to_ocpp()
+        except CertificateError:
+            hash_data = {"serialNumber": format(cert.serial_number, "x")}  # not a root: no issuer key here
+        payload = {"certificateType": str(certificate_type), "certificate": certificate}
+        record = CertificateCommandRecord(
+            charge_point_id,
+            "InstallCertificate",
+            str(certificate_type),
+            hash_data,
+            "",
+            self.clock(),
+            certificate,
+        )
+        answer = await self._certificate_command(record, payload)
+        return CertificateStatus(answer["status"])
+
+    async def get_installed_certificate_ids(
+        self, charge_point_id: str, certificate_type: CertificateUse | str
+    ) -> InstalledCertificates:
+        answer = await self.call(
+            charge_point_id, "GetInstalledCertificateIds", {"certificateType": str(certificate_type)}
+        )
+        return InstalledCertificates(
+            GetInstalledCertificateStatus(answer["status"]),
+            tuple(CertificateHashData.from_ocpp(h) for h in answer.get("certificateHashData", [])),
+        )
+
+    async def delete_certificate(
+        self, charge_point_id: str, hash_data: CertificateHashData
+    ) -> DeleteCertificateStatus:
+        """DeleteCertificate by hash data; the command and its answer are recorded."""
+        record = CertificateCommandRecord(
+            charge_point_id, "DeleteCertificate", None, hash_data.to_ocpp(), "", self.clock()
+        )
+        answer = await self._certificate_command(record, {"certificateHashData": hash_data.to_ocpp()})
+        return DeleteCertificateStatus(answer["status"])
+
+    async def delete_installed_certificate(
+        self, charge_point_id: str, certificate_type: CertificateUse | str, certificate: str
+    ) -> DeleteCertificateStatus:
+        """Delete a certificate (PEM) we know, as OCTT TC_076 expects: GetInstalledCertificateIds
+        first, to use the hash algorithm the point uses, then DeleteCertificate with that entry.
+
+        ``NotFound`` without a DeleteCertificate when the point does not list it.
+        """
+        installed = await self.get_installed_certificate_ids(charge_point_id, certificate_type)
+        cert = load_certificates(certificate)[0]
+        for algorithm in dict.fromkeys(c.hash_algorithm for c in installed.certificates):
+            entry = installed.find(certificate_hash_data(cert, hash_algorithm=algorithm))
+            if entry is not None:
+                return await self.delete_certificate(charge_point_id, entry)
+        log.info("[%s] %s to delete is not installed", charge_point_id, certificate_type)
+        return DeleteCertificateStatus.not_found
+
+    async def _certificate_command(
+        self, record: CertificateCommandRecord, payload: dict[str, Any]
+    ) -> dict[str, Any]:
+        try:
+            answer = await self.call(record.charge_point_id, record.action, payload)
+        except GatewayError as e:
+            self.storage.record_certificate_command(_with_status(record, f"NoAnswer: {e}"))
+            self._schedule_commit()
+            raise
+        self.storage.record_certificate_command(_with_status(record, answer["status"]))
+        self._schedule_commit()
+        return answer
+
+    async def get_log(
+        self,
+        charge_point_id: str,
+        log_type: Log | str,
+        remote_location: str,
+        *,
+        request_id: int | None = None,
+        oldest: datetime | None = None,
+        latest: datetime | None = None,
+        retries: int | None = None,
+        retry_interval_s: int | None = None,
+    ) -> GetLogResult:
+        """Ask for a log upload (``SecurityLog`` or ``DiagnosticsLog``) to ``remote_location``.
+
+        The LogStatusNotifications that follow are recorded with the returned ``request_id``.
+        """
+        request_id = next(self._request_ids) if request_id is None else request_id
+        log_parameters: dict[str, Any] = {"remoteLocation": remote_location}
+        if oldest is not None:
+            log_parameters["oldestTimestamp"] = format_datetime(oldest)
+        if latest is not None:
+            log_parameters["latestTimestamp"] = format_datetime(latest)
+        payload: dict[str, Any] = {"logType": str(log_type), "requestId": request_id, "log": log_parameters}
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval_s is not None:
+            payload["retryInterval"] = retry_interval_s
+        answer = await self.call(charge_point_id, "GetLog", payload)
+        return GetLogResult(LogStatus(answer["status"]), request_id, answer.get("filename"))
+
+    async def signed_update_firmware(
+        self,
+        charge_point_id: str,
+        location: str,
+        retrieve_date_time: datetime,
+        signing_certificate: str,
+        signature: str,
+        *,
+        install_date_time: datetime | None = None,
+        request_id: int | None = None,
+        retries: int | None = None,
+        retry_interval_s: int | None = None,
+    ) -> SignedUpdateFirmwareResult:
+        """Secure firmware update: the point checks ``signing_certificate`` (PEM) and the base64
+        ``signature`` of the image at ``location``; SignedFirmwareStatusNotifications follow.
+
+        Raises :class:`~ocpp_gateway.certificates.CertificateError` if the signing certificate is
+        not PEM (nothing is sent).
+        """
+        load_certificates(signing_certificate)
+        request_id = next(self._request_ids) if request_id is None else request_id
+        firmware: dict[str, Any] = {
+            "location": location,
+            "retrieveDateTime": format_datetime(retrieve_date_time),
+            "signingCertificate": signing_certificate,
+            "signature": signature,
+        }
+        if install_date_time is not None:
+            firmware["installDateTime"] = format_datetime(install_date_time)
+        payload: dict[str, Any] = {"requestId": request_id, "firmware": firmware}
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval_s is not None:
+            payload["retryInterval"] = retry_interval_s
+        answer = await self.call(charge_point_id, "SignedUpdateFirmware", payload)
+        status = UpdateFirmwareStatus(answer["status"])
+        if status not in (UpdateFirmwareStatus.accepted, UpdateFirmwareStatus.accepted_canceled):
+            log.warning("[%s] SignedUpdateFirmware %s (request %d)", charge_point_id, status, request_id)
+        return SignedUpdateFirmwareResult(status, request_id)
+
+    async def _issue_certificate(self, cp_id: str, request_id: int) -> None:
+        """Sign an accepted CSR with the CA and deliver it with CertificateSigned; record each step."""
+        ca = self.central.ca
+        record = self.storage.certificate_request(request_id)
+        if ca is None or record is None:
+            return
+        try:
+            issued = await asyncio.to_thread(ca.sign, check_csr(record.csr, cp_id))
+        except CertificateError as e:
+            log.error("[%s] signing request %d failed: %s", cp_id, request_id, e.reason)
+            self._certificate_step(cp_id, request_id, CertificateRequestStatus.FAILED, reason=e.reason)
+            return
+        log.info(
+            "[%s] certificate %s issued for request %d, valid until %s",
+            cp_id, issued.serial_hex, request_id, format_datetime(issued.not_after),
+        )  # fmt: skip
+        self.storage.update_certificate_request(
+            request_id, CertificateRequestStatus.ISSUED, self.clock(), certificate=issued.pem,
+            serial=issued.serial_hex, fingerprint_sha256=issued.fingerprint_sha256, issued_at=self.clock(),
+            not_after=issued.not_after,
+        )  # fmt: skip
+        self._schedule_commit()
+        try:
+            answer = await self.certificate_signed(cp_id, issued.chain_pem)
+        except GatewayError as e:
+            log.warning("[%s] CertificateSigned for request %d not delivered: %s", cp_id, request_id, e)
+            self._certificate_step(cp_id, request_id, CertificateRequestStatus.NOT_DELIVERED, reason=str(e))
+            return
+        if answer == CertificateSignedStatus.accepted:
+            self._certificate_step(cp_id, request_id, CertificateRequestStatus.ACCEPTED)
+        else:
+            log.warning("[%s] point rejected certificate %s", cp_id, issued.serial_hex)
+            self._certificate_step(cp_id, request_id, CertificateRequestStatus.REFUSED_BY_CHARGE_POINT)
+
+    def _certificate_step(
+        self, cp_id: str, request_id: int, status: CertificateRequestStatus, *, reason: str | None = None
+    ) -> None:
+        self.storage.update_certificate_request(request_id, status, self.clock(), reason=reason)
+        self._schedule_commit()
+        self._emit(
+            GatewayEvent(
+                "certificate", cp_id, "CertificateSigned", {"request_id": request_id, "status": status.value}
+            )
+        )
 
     # --- smart charging -------------------------------------------------------------------
     async def smart_charging_caps(self, charge_point_id: str) -> tuple[tuple[str, ...], int]:
@@ -1103,3 +1475,7 @@ class Gateway:
             self.storage.set_compliance(cp_id, True, None)
         self._schedule_commit()
         return DispatchResult(status, profile, theirs, ok)
+
+
+def _with_status(record: CertificateCommandRecord, status: str) -> CertificateCommandRecord:
+    return replace(record, status=status)

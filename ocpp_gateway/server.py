@@ -7,6 +7,12 @@
   ``config.ssl_context`` requires client certificates). Refusal: 401, logged and recorded as a
   security event, never with the secret. websockets' own debug log prints request headers; a
   filter on its logger blanks ``Authorization``.
+* Credential guessing and floods (:class:`~ocpp_gateway.security.HandshakeGuard`, limits in
+  ``GatewayConfig``): first a token bucket of new connections per remote address (beyond it:
+  429 with ``Retry-After``, logged at most once a minute per address); then, while a charge point
+  id or a remote address is locked out after repeated failed authentications, 401 without
+  checking the credentials (a client certificate that names the id still gets in). Each lockout
+  is logged once (WARNING) and recorded as one ``AuthenticationLockout`` security event.
 * ``max_size`` = ``config.max_frame_bytes`` (a bigger message closes with 1009), ping/pong
   keep-alive, no per-message compression (its zlib state would cost far more than the 50 KiB per
   connection we budget), a small receive queue.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -27,6 +34,7 @@ from websockets.http11 import Request, Response
 
 from ocpp_gateway.config import CHARGE_POINT_ID_RE
 from ocpp_gateway.errors import ConnectionLost
+from ocpp_gateway.security import HandshakeGuard, Lockout
 
 if TYPE_CHECKING:
     from ocpp_gateway.gateway import Gateway
@@ -96,10 +104,15 @@ def _client_cert_cn(ws: ServerConnection) -> str | None:
 
 
 class GatewayServer:
-    """The websocket server of a :class:`~ocpp_gateway.gateway.Gateway`."""
+    """The websocket server of a :class:`~ocpp_gateway.gateway.Gateway`.
 
-    def __init__(self, gateway: Gateway) -> None:
+    ``guard`` (default: one built from the gateway's config) holds the lockouts and the handshake
+    rate limit; tests pass one with a fake clock.
+    """
+
+    def __init__(self, gateway: Gateway, *, guard: HandshakeGuard | None = None) -> None:
         self.gateway = gateway
+        self.guard = guard if guard is not None else HandshakeGuard.from_config(gateway.config)
         self._server: Server | None = None
         self._tls = gateway.config.ssl_context is not None
 
@@ -143,19 +156,55 @@ class GatewayServer:
             self._server = None
 
     async def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        remote = str(ws.remote_address[0]) if ws.remote_address else "?"
+        throttled = self.guard.admit(remote)
+        if throttled is not None:
+            if throttled.report:
+                log.warning(
+                    "refusing new connections from %s: more than %g/s (burst %d), %d refused",
+                    remote, self.guard.rate_per_s, self.guard.burst, throttled.refused,
+                )  # fmt: skip
+            response = ws.respond(429, "Too many connections\n")
+            response.headers["Retry-After"] = str(max(1, math.ceil(throttled.retry_after_s)))
+            return response
         cp_id = charge_point_id_from_path(request.path)
         if cp_id is None:
             return ws.respond(404, "Not found: connect to /ocpp/{chargePointId}\n")
-        remote = str(ws.remote_address[0]) if ws.remote_address else "?"
         cn = _client_cert_cn(ws) if self.gateway.config.client_cert_must_match_id else None
+        if cn != cp_id:  # a client certificate naming the id cannot be guessed: never locked out
+            lock = self.guard.locked(cp_id, remote)
+            if lock is not None:
+                log.debug("[%s] refused from %s: %s %s locked out", cp_id, remote, lock.scope, lock.key)
+                return self._unauthorized(ws)
         auth = await self.gateway.authenticate(
             cp_id, request.headers.get("Authorization"), client_cert_cn=cn, remote=remote
         )
         if not auth.ok:
-            response = ws.respond(401, "Unauthorized\n")
-            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
-            return response
+            for lock in self.guard.failed(cp_id, remote):
+                self._report_lockout(cp_id, remote, lock)
+            return self._unauthorized(ws)
+        self.guard.succeeded(cp_id)
         return None
+
+    @staticmethod
+    def _unauthorized(ws: ServerConnection) -> Response:
+        """401 with a Basic challenge: the one answer to bad credentials and to a lockout alike."""
+        response = ws.respond(401, "Unauthorized\n")
+        response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+        return response
+
+    def _report_lockout(self, cp_id: str, remote: str, lock: Lockout) -> None:
+        """Log a lockout that just began (once) and record it as one security event."""
+        what = (
+            f"{lock.failures} failed authentications within {lock.window_s:g} s: "
+            f"locked out for {lock.lock_s:g} s (lockout {lock.level})"
+        )
+        if lock.scope == "charge_point":
+            info = f"charge point id {what}, last attempt from {remote}"
+        else:
+            info = f"remote address {lock.key} {what}, last attempt for this id"
+        log.warning("[%s] %s", cp_id, info)
+        self.gateway.record_security_event(cp_id, "AuthenticationLockout", info)
 
     async def _handler(self, ws: ServerConnection) -> None:
         assert ws.request is not None

@@ -18,6 +18,17 @@ It behaves like a real point where it matters for smart charging:
   ``obeys_profiles=False`` makes a "liar" that accepts and reports profiles but ignores them;
 * it answers every central-system command of OCPP 1.6 (Core, Smart Charging, Reservation,
   Local Auth List, Remote Trigger, Firmware Management) with something sensible;
+* and those of the security extension: it keeps installed root certificates (InstallCertificate,
+  GetInstalledCertificateIds, DeleteCertificate); on ExtendedTriggerMessage
+  SignChargePointCertificate it makes a key and a CSR (commonName its id, organization its
+  ``CpoName``) and accepts the CertificateSigned that follows only for that key and name
+  (else Rejected and a SecurityEventNotification InvalidChargePointCertificate); GetLog and
+  SignedUpdateFirmware are followed by their status notifications (the signing certificate must
+  be issued by an installed ManufacturerRootCertificate, else InvalidCertificate; the "download"
+  of a location yields ``firmware_images[location]``, by default the location's own bytes, and a
+  bad signature ends in InvalidSignature; both with their security events); its
+  ``SecurityProfile`` can be raised, never lowered, and from profile 2 on it connects with TLS,
+  trusting its installed CentralSystemRootCertificates (profile 3: with its signed certificate);
 * it survives the central system going away: it reconnects with exponential back-off and then
   replays, in order, the transaction messages it queued while offline (StartTransaction,
   MeterValues, StopTransaction; at least once, as real points do, so a message in flight when the
@@ -47,6 +58,7 @@ import logging
 import math
 import random
 import ssl as ssl_module
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -56,10 +68,21 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.typing import Subprotocol
 
+from ocpp_gateway.certificates import (
+    CertificateError,
+    CertificateHashData,
+    certificate_hash_data,
+    load_certificates,
+    make_csr,
+    verify_firmware_signature,
+)
 from ocpp_gateway.dispatch import ChargingProfile
 from ocpp_gateway.errors import (
     GatewayError,
@@ -737,6 +760,12 @@ class SimulatedChargePoint:
         self._reconnect_now = asyncio.Event()
         # As most firmwares do, no transaction before the first accepted BootNotification.
         self._booted_once = asyncio.Event()
+        # Security extension. Installed root certificates: (certificateType, certificate).
+        self.installed_certificates: list[tuple[str, x509.Certificate]] = []
+        self.certificate_pem: str | None = None  # its signed certificate chain (profile 3)
+        self._certificate_key_pem: str | None = None
+        self._csr_key_pem: str | None = None  # the key of the CSR waiting for CertificateSigned
+        self.firmware_images: dict[str, bytes] = {}  # location -> image; default the location's bytes
 
     # --- configuration -------------------------------------------------------------------------
     def _initial_configuration(self) -> dict[str, tuple[bool, str]]:
@@ -773,6 +802,12 @@ class SimulatedChargePoint:
             "MinimumStatusDuration": (False, "0"),
             "GetConfigurationMaxKeys": (True, "50"),
             "SupportedFeatureProfiles": (True, ""),
+            # Security extension.
+            "SecurityProfile": (False, str(self._initial_security_profile())),
+            "CpoName": (False, "noxblock"),
+            "CertificateStoreMaxLength": (True, "10"),
+            "AdditionalRootCertificateCheck": (True, "false"),
+            "SupportedFileTransferProtocols": (True, "FTP,FTPS,HTTP,HTTPS"),
         }
         if s.smart_charging:
             features.append("SmartCharging")
@@ -785,6 +820,16 @@ class SimulatedChargePoint:
             }
         cfg["SupportedFeatureProfiles"] = (True, ",".join(features))
         return cfg
+
+    def _initial_security_profile(self) -> int:
+        if self.ssl is not None:
+            return 2 if self.spec.password is not None else 3
+        return 1 if self.spec.password is not None else 0
+
+    @property
+    def security_profile(self) -> int:
+        """The ``SecurityProfile`` it connects with (0..3)."""
+        return int(self.configuration["SecurityProfile"][1])
 
     @property
     def meter_interval_s(self) -> float:
@@ -889,7 +934,7 @@ class SimulatedChargePoint:
 
     # --- connection ------------------------------------------------------------------------------
     def _headers(self) -> dict[str, str]:
-        if self.password is None:
+        if self.password is None or self.security_profile == 3:
             return {}
         token = base64.b64encode(f"{self.id}:{self.password}".encode()).decode()
         return {"Authorization": f"Basic {token}"}
@@ -898,17 +943,18 @@ class SimulatedChargePoint:
         backoff = self.reconnect_min_s
         while not self._stopping:
             try:
+                url, ssl_context = self._endpoint()
                 ws = await connect(
-                    self.url,
+                    url,
                     subprotocols=[Subprotocol("ocpp1.6")],
                     additional_headers=self._headers(),
-                    ssl=self.ssl,
+                    ssl=ssl_context,
                     open_timeout=10,
                     ping_interval=None,
                     compression=None,
                     max_size=2**20,
                 )
-            except (OSError, InvalidHandshake, TimeoutError) as e:
+            except (OSError, InvalidHandshake, TimeoutError, ssl_module.SSLError) as e:
                 self.log.info("connection failed (%s); retry in %.1f s", e, backoff)
                 self._reconnect_now.clear()
                 with contextlib.suppress(TimeoutError):
@@ -922,6 +968,27 @@ class SimulatedChargePoint:
             finally:
                 with contextlib.suppress(Exception):
                     await ws.close()
+
+    def _endpoint(self) -> tuple[str, ssl_module.SSLContext | None]:
+        """URL and TLS context for the next connection: an explicit ``ssl`` wins; else from
+        SecurityProfile 2 on, TLS trusting the installed CentralSystemRootCertificates."""
+        if self.ssl is not None or self.security_profile < 2:
+            return self.url, self.ssl
+        roots = "".join(
+            c.public_bytes(serialization.Encoding.PEM).decode()
+            for t, c in self.installed_certificates
+            if t == "CentralSystemRootCertificate"
+        )
+        context = ssl_module.create_default_context(cadata=roots or None)
+        if self.security_profile == 3 and self.certificate_pem and self._certificate_key_pem:
+            # ssl loads a client certificate only from files: a private directory, gone at once.
+            with tempfile.TemporaryDirectory() as d:
+                cert_file, key_file = Path(d, "cert.pem"), Path(d, "key.pem")
+                cert_file.write_text(self.certificate_pem)
+                key_file.write_text(self._certificate_key_pem)
+                context.load_cert_chain(cert_file, key_file)
+        url = "wss://" + self.url.removeprefix("ws://") if self.url.startswith("ws://") else self.url
+        return url, context
 
     async def _connected(self, ws: ClientConnection) -> None:
         self._ws = ws
@@ -1406,6 +1473,8 @@ class SimulatedChargePoint:
             # The new password is used from the next connection on (security whitepaper).
             self.password = value
             return {"status": "Accepted"}, None
+        if key == "SecurityProfile":
+            return {"status": self._change_security_profile(value)}, None
         entry = self.configuration.get(key)
         if entry is None:
             return {"status": "NotSupported"}, None
@@ -1704,6 +1773,216 @@ class SimulatedChargePoint:
                 self._enqueue("FirmwareStatusNotification", {"status": status}, persistent=False)
 
         return {}, install
+
+    # --- security extension --------------------------------------------------------------------------
+    def _change_security_profile(self, value: str) -> str:
+        """Accepted only for a profile it can connect with; never a downgrade (whitepaper)."""
+        if value not in ("0", "1", "2", "3"):
+            return "Rejected"
+        new, current = int(value), self.security_profile
+        if new == current:
+            return "Accepted"
+        has_root = any(t == "CentralSystemRootCertificate" for t, _ in self.installed_certificates)
+        if (
+            new < current
+            or (new in (1, 2) and self.password is None)
+            or (new >= 2 and self.ssl is None and not has_root)
+            or (new == 3 and self.ssl is None and self.certificate_pem is None)
+        ):
+            self.log.info("SecurityProfile %d -> %d rejected", current, new)
+            return "Rejected"
+        self.configuration["SecurityProfile"] = (False, value)  # used from the next connection on
+        return "Accepted"
+
+    def _security_event(self, kind: str, tech_info: str) -> None:
+        self.log.warning("security event %s: %s", kind, tech_info)
+        self._enqueue(
+            "SecurityEventNotification",
+            {"type": kind, "timestamp": format_datetime(self.clock.now()), "techInfo": tech_info[:255]},
+            persistent=True,  # security events are kept while offline, as transaction messages are
+        )
+
+    def _cmd_ExtendedTriggerMessage(self, p: dict[str, Any]) -> _SimAnswer:  # noqa: N802
+        message = p["requestedMessage"]
+        if message == "SignChargePointCertificate":
+            return {"status": "Accepted"}, self._request_certificate
+        if message == "LogStatusNotification":
+            return {"status": "Accepted"}, lambda: self._enqueue(
+                "LogStatusNotification", {"status": "Idle"}, persistent=False
+            )
+        if message == "FirmwareStatusNotification":
+            return {"status": "Accepted"}, lambda: self._enqueue(
+                "SignedFirmwareStatusNotification", {"status": "Idle"}, persistent=False
+            )
+        return self._cmd_TriggerMessage(p)
+
+    def _request_certificate(self) -> None:
+        """A new key and a CSR for it; the key stays here (whitepaper: it never leaves the point)."""
+        cpo = self.configuration["CpoName"][1]
+        csr_pem, self._csr_key_pem = make_csr(self.id, organization=cpo or None)
+
+        def answered(answer: dict[str, Any]) -> None:
+            if answer.get("status") != "Accepted":
+                self.log.warning("SignCertificate %s", answer.get("status"))
+                self._csr_key_pem = None
+
+        self._enqueue("SignCertificate", {"csr": csr_pem}, persistent=False, on_answer=answered)
+
+    def _signed_certificate_problem(self, chain_pem: str) -> str | None:
+        try:
+            certs = load_certificates(chain_pem)
+        except CertificateError as e:
+            return e.reason
+        leaf = certs[0]
+        if self._csr_key_pem is None:
+            return "no certificate signing request is waiting"
+        key = serialization.load_pem_private_key(self._csr_key_pem.encode(), password=None)
+        spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if leaf.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+            return "the certificate is not for the key of the last CSR"
+        cns = leaf.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+        if [a.value for a in cns] != [self.id]:
+            return f"the certificate's commonName is not {self.id}"
+        now = datetime.now(UTC)  # certificates live in real time, whatever the simulated clock says
+        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+            return "the certificate is not valid now"
+        if len(certs) > 1:
+            try:
+                leaf.verify_directly_issued_by(certs[1])
+            except (ValueError, TypeError, InvalidSignature):
+                return "the certificate is not signed by the next one of the chain"
+        return None
+
+    def _cmd_CertificateSigned(self, p: dict[str, Any]) -> _SimAnswer:  # noqa: N802
+        chain = p["certificateChain"]
+        problem = self._signed_certificate_problem(chain)
+        if problem is not None:
+            return {"status": "Rejected"}, lambda: self._security_event(
+                "InvalidChargePointCertificate", problem
+            )
+        self.certificate_pem, self._certificate_key_pem, self._csr_key_pem = chain, self._csr_key_pem, None
+        self.log.info("new charge point certificate installed")
+        return {"status": "Accepted"}, None
+
+    def _cmd_InstallCertificate(self, p: dict[str, Any]) -> _SimAnswer:  # noqa: N802
+        kind = p["certificateType"]
+        try:
+            cert = load_certificates(p["certificate"])[0]
+            problem = _root_problem(cert)
+        except CertificateError as e:
+            problem = e.reason
+        if problem is not None:
+            after = None
+            if kind == "CentralSystemRootCertificate":
+                after = lambda: self._security_event("InvalidCentralSystemCertificate", problem)  # noqa: E731
+            return {"status": "Rejected"}, after
+        if any(t == kind and c == cert for t, c in self.installed_certificates):
+            return {"status": "Accepted"}, None
+        if len(self.installed_certificates) >= int(self.configuration["CertificateStoreMaxLength"][1]):
+            return {"status": "Rejected"}, None  # whitepaper: Rejected when the store is full
+        self.installed_certificates.append((kind, cert))
+        return {"status": "Accepted"}, None
+
+    def _hash_data(self, cert: x509.Certificate, algorithm: str = "SHA256") -> CertificateHashData | None:
+        issuer = None
+        if cert.issuer != cert.subject:
+            issuer = next((c for _, c in self.installed_certificates if c.subject == cert.issuer), None)
+            if issuer is None:
+                return None
+        return certificate_hash_data(cert, issuer=issuer, hash_algorithm=algorithm)
+
+    def _cmd_GetInstalledCertificateIds(self, p: dict[str, Any]) -> _SimAnswer:  # noqa: N802
+        hashes = [self._hash_data(c) for t, c in self.installed_certificates if t == p["certificateType"]]
+        found = [h.to_ocpp() for h in hashes if h is not None]
+        if not found:
+            return {"status": "NotFound"}, None
+        return {"status": "Accepted", "certificateHashData": found}, None
+
+    def _cmd_DeleteCertificate(self, p: dict[str, Any]) -> _SimAnswer:  # noqa: N802
+        wanted = CertificateHashData.from_ocpp(p["certificateHashData"])
+        for i, (kind, cert) in enumerate(self.installed_certificates):
+            found = self._hash_data(cert, wanted.hash_algorithm)
+            if found is None or not found.matches(wanted):
+                continue
+            roots = sum(t == "CentralSystemRootCertificate" for t, _ in self.installed_certificates)
+            if kind == "CentralSystemRootCertificate" and roots == 1 and self.security_profile >= 2:
+                return {"status": "Failed"}, None  # it validates the connection in use (whitepaper)
+            del self.installed_certificates[i]
+            return {"status": "Accepted"}, None
+        return {"status": "NotFound"}, None
+
+    def _cmd_GetLog(self, p: dict[str, Any]) -> _SimAnswer:  # noqa: N802
+        request_id = p["requestId"]
+        kind = "security" if p["logType"] == "SecurityLog" else "diagnostics"
+
+        def upload() -> None:
+            for status in ("Uploading", "Uploaded"):
+                self._enqueue(
+                    "LogStatusNotification", {"status": status, "requestId": request_id}, persistent=False
+                )
+
+        return {"status": "Accepted", "filename": f"{kind}-{self.id}-{request_id}.log"}, upload
+
+    def _signing_certificate_problem(self, pem: str) -> tuple[x509.Certificate | None, str | None]:
+        try:
+            cert = load_certificates(pem)[0]
+        except CertificateError as e:
+            return None, e.reason
+        now = datetime.now(UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            return cert, "the signing certificate is not valid now"
+        roots = [c for t, c in self.installed_certificates if t == "ManufacturerRootCertificate"]
+        for root in roots:
+            try:
+                cert.verify_directly_issued_by(root)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return cert, None
+        return cert, "the signing certificate is not issued by an installed ManufacturerRootCertificate"
+
+    def _cmd_SignedUpdateFirmware(self, p: dict[str, Any]) -> _SimAnswer:  # noqa: N802
+        firmware, request_id = p["firmware"], p["requestId"]
+        cert, problem = self._signing_certificate_problem(firmware["signingCertificate"])
+        if cert is None or problem is not None:
+            reason = problem or "unreadable signing certificate"
+            return {"status": "InvalidCertificate"}, lambda: self._security_event(
+                "InvalidFirmwareSigningCertificate", reason
+            )
+        location = firmware["location"]
+        image = self.firmware_images.get(location, location.encode())
+
+        def report(status: str) -> None:
+            self._enqueue(
+                "SignedFirmwareStatusNotification",
+                {"status": status, "requestId": request_id},
+                persistent=False,
+            )
+
+        def install() -> None:
+            report("Downloading")
+            report("Downloaded")
+            if not verify_firmware_signature(image, firmware["signature"], cert):
+                report("InvalidSignature")
+                self._security_event("InvalidFirmwareSignature", f"firmware from {location[:200]}")
+                return
+            for status in ("SignatureVerified", "Installing", "Installed"):
+                report(status)
+
+        return {"status": "Accepted"}, install
+
+
+def _root_problem(cert: x509.Certificate) -> str | None:
+    """Why a certificate cannot be a trusted root here, or None."""
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return "not a CA certificate"
+    if not constraints.ca:
+        return "not a CA certificate"
+    now = datetime.now(UTC)
+    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+        return "the certificate is not valid now"
+    return None
 
 
 async def _wait_until(

@@ -20,7 +20,11 @@ an answer for it; a point that replays it after reconnecting is deduplicated as 
 or OS crash can also lose the commits since the last checkpoint's fsync (about a second).
 
 Schema changes are numbered migrations in :data:`MIGRATIONS`; ``schema_version`` records the last
-applied one. A database written by newer code raises :class:`~ocpp_gateway.errors.StorageError`.
+applied one, and opening an older database applies the missing ones (each in one transaction). A
+database written by newer code raises :class:`~ocpp_gateway.errors.StorageError`. Version 2 adds
+the security extension's records: ``certificate_requests`` (a point's CSRs and the certificates
+issued for them) and ``certificate_commands`` (InstallCertificate / DeleteCertificate sent, with
+the answer).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -41,6 +46,9 @@ from ocpp_gateway.states import TxState
 
 __all__ = [
     "MIGRATIONS",
+    "CertificateCommandRecord",
+    "CertificateRequestRecord",
+    "CertificateRequestStatus",
     "ChargePointRecord",
     "ConnectorRecord",
     "IdTagRecord",
@@ -168,6 +176,56 @@ class NotificationRecord:
     timestamp: datetime
 
 
+class CertificateRequestStatus(StrEnum):
+    """Where a charge point's certificate signing request stands."""
+
+    REJECTED = "Rejected"  # the central system refused the CSR (``reason`` says why)
+    PENDING = "Pending"  # accepted, being signed
+    ISSUED = "Issued"  # signed; CertificateSigned being sent
+    ACCEPTED = "Accepted"  # the point accepted the signed certificate
+    REFUSED_BY_CHARGE_POINT = "RefusedByChargePoint"  # the point answered CertificateSigned Rejected
+    NOT_DELIVERED = "NotDelivered"  # CertificateSigned got no answer (``reason``)
+    FAILED = "Failed"  # signing failed (``reason``)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRequestRecord:
+    """A SignCertificate request of a point and what became of it. Times aware UTC.
+
+    ``serial`` is the issued certificate's serial number (hex, as in ``certificateHashData``),
+    ``fingerprint_sha256`` the hex SHA-256 of its DER; both None until it is issued.
+    """
+
+    id: int
+    charge_point_id: str
+    csr: str
+    status: CertificateRequestStatus
+    reason: str | None
+    requested_at: datetime
+    certificate: str | None = None
+    serial: str | None = None
+    fingerprint_sha256: str | None = None
+    issued_at: datetime | None = None
+    not_after: datetime | None = None
+    updated_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateCommandRecord:
+    """An InstallCertificate or DeleteCertificate sent to a point and its answer (or ``NoAnswer: ...``).
+
+    ``hash_data`` is the certificate's ``certificateHashData`` (JSON object, SHA256 for installs).
+    """
+
+    charge_point_id: str
+    action: str
+    certificate_type: str | None
+    hash_data: dict[str, Any]
+    status: str
+    timestamp: datetime
+    certificate: str | None = None
+
+
 @runtime_checkable
 class Storage(Protocol):
     """What the gateway and the REST API need from a store. All datetimes aware UTC."""
@@ -243,6 +301,21 @@ class Storage(Protocol):
     def record_notification(self, record: NotificationRecord) -> None: ...
     def notifications(self, charge_point_id: str) -> list[NotificationRecord]: ...
 
+    # security extension: certificates
+    def record_certificate_request(
+        self, charge_point_id: str, csr: str, status: CertificateRequestStatus, reason: str | None,
+        at: datetime,
+    ) -> int: ...  # fmt: skip
+    def update_certificate_request(
+        self, request_id: int, status: CertificateRequestStatus, at: datetime, *, reason: str | None = None,
+        certificate: str | None = None, serial: str | None = None, fingerprint_sha256: str | None = None,
+        issued_at: datetime | None = None, not_after: datetime | None = None,
+    ) -> None: ...  # fmt: skip
+    def certificate_request(self, request_id: int) -> CertificateRequestRecord | None: ...
+    def certificate_requests(self, charge_point_id: str | None = None) -> list[CertificateRequestRecord]: ...
+    def record_certificate_command(self, record: CertificateCommandRecord) -> None: ...
+    def certificate_commands(self, charge_point_id: str) -> list[CertificateCommandRecord]: ...
+
 
 #: Numbered schema migrations; index i + 1 is the version after applying ``MIGRATIONS[i]``.
 MIGRATIONS: tuple[str, ...] = (
@@ -308,6 +381,24 @@ MIGRATIONS: tuple[str, ...] = (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         charge_point_id TEXT NOT NULL, action TEXT NOT NULL, payload TEXT NOT NULL, timestamp TEXT NOT NULL
     );
+    """,
+    # 2: security extension (whitepaper edition 3): CSRs and issued certificates, certificate commands.
+    """
+    CREATE TABLE certificate_requests (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        charge_point_id TEXT NOT NULL, csr TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+        requested_at TEXT NOT NULL,
+        certificate TEXT, serial TEXT, fingerprint_sha256 TEXT, issued_at TEXT, not_after TEXT,
+        updated_at TEXT
+    );
+    CREATE INDEX certificate_requests_cp ON certificate_requests (charge_point_id);
+    CREATE INDEX certificate_requests_serial ON certificate_requests (serial) WHERE serial IS NOT NULL;
+    CREATE TABLE certificate_commands (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        charge_point_id TEXT NOT NULL, action TEXT NOT NULL, certificate_type TEXT,
+        hash_data TEXT NOT NULL, status TEXT NOT NULL, timestamp TEXT NOT NULL, certificate TEXT
+    );
+    CREATE INDEX certificate_commands_cp ON certificate_commands (charge_point_id);
     """,
 )
 
@@ -780,3 +871,80 @@ class SqliteStorage:
             (charge_point_id,),
         )
         return [NotificationRecord(r[0], r[1], json.loads(r[2]), _dt(r[3])) for r in rows]  # type: ignore[arg-type]
+
+    # -- security extension: certificates ------------------------------------------------------
+    def record_certificate_request(
+        self, charge_point_id: str, csr: str, status: CertificateRequestStatus, reason: str | None,
+        at: datetime,
+    ) -> int:  # fmt: skip
+        cur = self._write(
+            "INSERT INTO certificate_requests (charge_point_id, csr, status, reason, requested_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (charge_point_id, csr, status.value, reason, _ts(at), _ts(at)),
+        )
+        return int(cur.lastrowid)  # type: ignore[arg-type]
+
+    def update_certificate_request(
+        self, request_id: int, status: CertificateRequestStatus, at: datetime, *, reason: str | None = None,
+        certificate: str | None = None, serial: str | None = None, fingerprint_sha256: str | None = None,
+        issued_at: datetime | None = None, not_after: datetime | None = None,
+    ) -> None:  # fmt: skip
+        # COALESCE: a later step (delivery) keeps what an earlier one (signing) wrote.
+        self._write(
+            "UPDATE certificate_requests SET status=?, updated_at=?, reason=COALESCE(?, reason),"
+            " certificate=COALESCE(?, certificate), serial=COALESCE(?, serial),"
+            " fingerprint_sha256=COALESCE(?, fingerprint_sha256), issued_at=COALESCE(?, issued_at),"
+            " not_after=COALESCE(?, not_after) WHERE id=?",
+            (
+                status.value, _ts(at), reason, certificate, serial, fingerprint_sha256, _ts(issued_at),
+                _ts(not_after), request_id,
+            ),
+        )  # fmt: skip
+
+    _CSR_COLS = (
+        "id, charge_point_id, csr, status, reason, requested_at, certificate, serial, fingerprint_sha256,"
+        " issued_at, not_after, updated_at"
+    )
+
+    @staticmethod
+    def _csr(r: Sequence[Any]) -> CertificateRequestRecord:
+        return CertificateRequestRecord(
+            r[0], r[1], r[2], CertificateRequestStatus(r[3]), r[4], _dt(r[5]), r[6], r[7], r[8],  # type: ignore[arg-type]
+            _dt(r[9]), _dt(r[10]), _dt(r[11]),
+        )  # fmt: skip
+
+    def certificate_request(self, request_id: int) -> CertificateRequestRecord | None:
+        row = self._db.execute(
+            f"SELECT {self._CSR_COLS} FROM certificate_requests WHERE id=?", (request_id,)
+        ).fetchone()
+        return None if row is None else self._csr(row)
+
+    def certificate_requests(self, charge_point_id: str | None = None) -> list[CertificateRequestRecord]:
+        sql = f"SELECT {self._CSR_COLS} FROM certificate_requests"
+        params: tuple[Any, ...] = ()
+        if charge_point_id is not None:
+            sql += " WHERE charge_point_id=?"
+            params = (charge_point_id,)
+        return [self._csr(r) for r in self._db.execute(sql + " ORDER BY id", params)]
+
+    def record_certificate_command(self, record: CertificateCommandRecord) -> None:
+        r = record
+        self._write(
+            "INSERT INTO certificate_commands (charge_point_id, action, certificate_type, hash_data, status,"
+            " timestamp, certificate) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.charge_point_id, r.action, r.certificate_type, json.dumps(r.hash_data), r.status,
+                _ts(r.timestamp), r.certificate,
+            ),
+        )  # fmt: skip
+
+    def certificate_commands(self, charge_point_id: str) -> list[CertificateCommandRecord]:
+        rows = self._db.execute(
+            "SELECT charge_point_id, action, certificate_type, hash_data, status, timestamp, certificate"
+            " FROM certificate_commands WHERE charge_point_id=? ORDER BY id",
+            (charge_point_id,),
+        )
+        return [
+            CertificateCommandRecord(r[0], r[1], r[2], json.loads(r[3]), r[4], _dt(r[5]), r[6])  # type: ignore[arg-type]
+            for r in rows
+        ]

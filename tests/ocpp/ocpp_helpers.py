@@ -3,6 +3,10 @@
 ``FakeChargePoint`` speaks OCPP-J with raw frames (so tests can also send broken ones). Commands
 from the central system are answered by ``handlers`` (action -> payload -> answer); without a
 handler they queue up in ``cs_calls`` for the test to answer by hand.
+
+``Pki`` is a throw-away certificate authority (made with ``ocpp_gateway.certificates``) with TLS
+contexts for a gateway on 127.0.0.1; ``ocsp_hash_data`` computes ``certificateHashData`` the way
+an OCSP ``CertID`` does, with ``cryptography``'s own OCSP code, independently of ours.
 """
 
 from __future__ import annotations
@@ -11,13 +15,20 @@ import asyncio
 import base64
 import itertools
 import json
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509 import ocsp
 from websockets.asyncio.client import ClientConnection
 
-from ocpp_gateway import GatewayConfig, KnownChargePoint
+from ocpp_gateway import CertificateAuthority, GatewayConfig, KnownChargePoint
+from ocpp_gateway.certificates import load_certificates, make_ca, make_csr
 
 T0 = datetime(2024, 1, 15, 17, 0, tzinfo=UTC)
 
@@ -141,3 +152,83 @@ def gateway_config(**overrides: Any) -> GatewayConfig:
     }
     base.update(overrides)
     return GatewayConfig(**base)
+
+
+_OCSP_HASHES = {"SHA256": hashes.SHA256(), "SHA384": hashes.SHA384(), "SHA512": hashes.SHA512()}
+
+
+def ocsp_hash_data(
+    certificate_pem: str, algorithm: str = "SHA256", *, issuer_pem: str | None = None
+) -> dict[str, str]:
+    """``certificateHashData`` from an OCSP request (upper-case hex, as some points send it)."""
+    cert = x509.load_pem_x509_certificate(certificate_pem.encode())
+    issuer = x509.load_pem_x509_certificate((issuer_pem or certificate_pem).encode())
+    request = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, _OCSP_HASHES[algorithm]).build()
+    return {
+        "hashAlgorithm": algorithm,
+        "issuerNameHash": request.issuer_name_hash.hex().upper(),
+        "issuerKeyHash": request.issuer_key_hash.hex().upper(),
+        "serialNumber": format(request.serial_number, "X"),
+    }
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A CA in ``directory`` (``ca.pem``, ``ca.key``) and TLS material signed by it."""
+
+    directory: Path
+    ca_pem: str
+    ca_key_pem: str
+
+    @classmethod
+    def create(cls, directory: Path, common_name: str = "noxblock test CA") -> Pki:
+        directory.mkdir(parents=True, exist_ok=True)
+        ca_pem, ca_key_pem = make_ca(common_name)
+        (directory / "ca.pem").write_text(ca_pem)
+        (directory / "ca.key").write_text(ca_key_pem)
+        return cls(directory, ca_pem, ca_key_pem)
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.directory / "ca.pem"
+
+    @property
+    def ca_key_path(self) -> Path:
+        return self.directory / "ca.key"
+
+    @property
+    def ca_certificate(self) -> x509.Certificate:
+        return load_certificates(self.ca_pem)[0]
+
+    def authority(self) -> CertificateAuthority:
+        return CertificateAuthority.from_files(self.ca_cert_path, self.ca_key_path)
+
+    def issue(self, common_name: str, *, server_names: tuple[str, ...] = ()) -> tuple[str, str]:
+        """``(certificate chain PEM, key PEM)`` for a new key, signed by this CA."""
+        csr_pem, key_pem = make_csr(common_name)
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+        return self.authority().sign(csr, server_names=server_names).chain_pem, key_pem
+
+    def _files(self, name: str, cert_pem: str, key_pem: str) -> tuple[Path, Path]:
+        cert, key = self.directory / f"{name}.pem", self.directory / f"{name}.key"
+        cert.write_text(cert_pem)
+        key.write_text(key_pem)
+        return cert, key
+
+    def server_context(self, *, client_certificates: bool = False) -> ssl.SSLContext:
+        """Server TLS for 127.0.0.1; with ``client_certificates`` it asks for (optional) client ones."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*self._files("server", *self.issue("localhost", server_names=("127.0.0.1",))))
+        if client_certificates:
+            ctx.verify_mode = ssl.CERT_OPTIONAL
+            ctx.load_verify_locations(cadata=self.ca_pem)
+        return ctx
+
+    def client_context(
+        self, *, cert_pem: str | None = None, key_pem: str | None = None, cadata: str | None = None
+    ) -> ssl.SSLContext:
+        """Client TLS trusting ``cadata`` (default this CA), with a client certificate if given."""
+        ctx = ssl.create_default_context(cadata=cadata or self.ca_pem)
+        if cert_pem is not None and key_pem is not None:
+            ctx.load_cert_chain(*self._files("client", cert_pem, key_pem))
+        return ctx

@@ -179,7 +179,7 @@ async def test_restart_loses_nothing(tmp_path: Path, make_cp):
     gw.storage.close()
 
     reopened = SqliteStorage(db)
-    assert reopened.schema_version == 1
+    assert reopened.schema_version == 2
     assert reopened.charge_point("CP01").registration_status == "Accepted"
     assert reopened.charge_point("CP01").last_seen is not None
     assert reopened.connectors("CP01")[0].status == "Charging"
