@@ -8,7 +8,9 @@ see ``scheduler.loaders.co2_from_residual_load``), aligned by weekday and hour (
 Monday 2023-06-05). In the same run:
 
 * ``edf``, ``llf`` -- heuristics through the same loop;
-* ``milp`` -- the rolling MILP, re-planned every interval over a 24 h horizon;
+* ``milp`` -- the rolling MILP, re-planned every interval over a 24 h horizon; it holds
+  capacity for EVs still to come, learned from the sessions of May 2019 (before the week) and
+  from each day of the week once it is over;
 * ``offline-optimal`` -- one MILP over the week with every session known (the yardstick).
 
 For each: wall seconds, re-plans and re-plans per second, energy delivered and its share of the
@@ -34,20 +36,28 @@ import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from scheduler.forecast import DEFAULT_RESERVE_SCALE
 from scheduler.kpis import kpis
 from scheduler.loaders import acn_site, energy_charts_signals, load_acn, shared_data_dir
 from scheduler.policies import make_policy
 from scheduler.simulator import Scenario, simulate
 
 LA = ZoneInfo("America/Los_Angeles")
+WEEK_START = datetime(2019, 6, 3, tzinfo=LA)
+
+
+def history(until: datetime) -> list:
+    """ACN Caltech sessions from 2019-05-01 up to ``until``: what an operator knew before."""
+    path = shared_data_dir() / "acn" / "caltech_2019-05-01_2019-08-31.csv.gz"
+    return load_acn(path, datetime(2019, 5, 1, tzinfo=LA), until)
 
 
 def scenario(limit_a: float, with_signals: bool) -> Scenario:
     data = shared_data_dir()
     if data is None:
         sys.exit("bench/sim_speed.py: ../shared/data not found (set NOXBLOCK_SHARED_DATA)")
-    start = datetime(2019, 6, 3, tzinfo=LA)
-    end = datetime(2019, 6, 10, tzinfo=LA)
+    start = WEEK_START
+    end = start + timedelta(days=7)
     sessions = load_acn(data / "acn" / "caltech_2019-05-01_2019-08-31.csv.gz", start, end)
     site = acn_site(sessions, max_current_a=limit_a, point_max_current_a=32.0, voltage_v=230.0)
     signals = None
@@ -69,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-signals", action="store_true", help="no price/CO2 signals")
     ap.add_argument("--horizon-h", type=float, default=24.0)
     ap.add_argument("--shift-window-h", type=float, default=None, help="rolling MILP's shift window [h]")
+    ap.add_argument(
+        "--reserve-scale",
+        type=float,
+        default=DEFAULT_RESERVE_SCALE,
+        help="rolling MILP's capacity held for later EVs, times the learned mean (0 = off)",
+    )
+    ap.add_argument("--no-history", action="store_true", help="the rolling MILP learns from the week only")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     sc = scenario(args.limit_a, not args.no_signals)
@@ -78,11 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         f"{requested:.1f} kWh requested, {args.limit_a:.0f} A per phase, 15-min control"
     )
     rows: dict[str, dict] = {}
+    past = [] if args.no_history else history(WEEK_START)
     for name in args.policies:
         t0 = time.perf_counter()
         result = simulate(
             sc,
-            make_policy(name, shift_window_h=args.shift_window_h),
+            make_policy(
+                name,
+                shift_window_h=args.shift_window_h,
+                reserve_scale=args.reserve_scale,
+                history=past,
+                tz=str(LA),
+            ),
             step=timedelta(minutes=15),
             horizon=timedelta(hours=args.horizon_h),
         )
@@ -136,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
                 "co2_capture": capture,
                 "co2_capture_at_same_energy": same_energy,
                 "shift_window_h": args.shift_window_h,
+                "reserve_scale": args.reserve_scale,
+                "history_sessions": len(past),
                 "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}",
             }
         )

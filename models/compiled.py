@@ -54,6 +54,7 @@ class Compiled:
     base_load_a : (T, 3) inflexible load at the connection [A]
     headroom_a : (N, T, 3) what charging may use: limit minus base load at the root, >= 0 [A]
     base_violation_a : (T, 3) base load above the root limit [A] (>= 0)
+    reserve_a : (N, T, 3) capacity held for EVs expected later, at most the headroom [A]
     """
 
     problem: Problem
@@ -78,6 +79,7 @@ class Compiled:
     base_load_a: np.ndarray
     headroom_a: np.ndarray
     base_violation_a: np.ndarray
+    reserve_a: np.ndarray
 
     @property
     def n_sessions(self) -> int:
@@ -166,6 +168,10 @@ def compile_problem(problem: Problem) -> Compiled:
     headroom[root] = limit[root] - base
     base_violation = np.maximum(-headroom[root], 0.0)
     headroom = np.maximum(headroom, 0.0)
+    reserve = np.zeros_like(headroom)
+    for node_id, series in problem.reserve_a.items():
+        j = node_index[node_id]
+        reserve[j] = np.minimum(series, headroom[j])
 
     kwh_per_a = voltage_v * phases_used[:, None] * dt_h[None, :] / 1000.0
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -191,7 +197,8 @@ def compile_problem(problem: Problem) -> Compiled:
     # Rounding can leave ub a hair under min; a pair is on at >= min or off.
     pair_ub = np.where(ub[pair_s, pair_k] < min_a[pair_s], min_a[pair_s], ub[pair_s, pair_k])
 
-    for arr in (dt_h, mid_h, phases_used, phase_mask, min_a, max_a, energy, priority, laxity_h, present):
+    frozen = (dt_h, mid_h, phases_used, phase_mask, min_a, max_a, energy, priority, laxity_h)
+    for arr in (*frozen, present, reserve):
         arr.setflags(write=False)
     return Compiled(
         problem=problem,
@@ -216,4 +223,5 @@ def compile_problem(problem: Problem) -> Compiled:
         base_load_a=base,
         headroom_a=headroom,
         base_violation_a=base_violation,
+        reserve_a=reserve,
     )

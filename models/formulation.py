@@ -8,6 +8,8 @@ Variables (columns)
                included [A] (only when ``weights.peak_eur_per_a > 0``).
 ``share``      smallest share of need met over sessions, in [0, 1] (only with fairness on).
 ``excess``     emissions above the intensity cap / above the budget [kg], >= 0 (targets only).
+``over[r]``    charging into capacity held for EVs expected later, per reserve row [A], in
+               [0, reserve] (only with ``problem.reserve_a`` and ``weights.reserve_eur_per_kwh``).
 
 Constraints (rows)
 ------------------
@@ -15,6 +17,8 @@ energy     sum_k kwh_per_a[p] * i[p] <= energy_kwh[s]                       per 
 limit      sum of i[p] on node n, phase f, step k <= headroom_a[n, k, f]    per (n, k, f)
            (headroom = limit, minus base load at the root, never below 0; rows that cannot
            bind, because every pair on them at its maximum fits, are left out)
+reserve    sum of i[p] on node n, phase f, step k - over <= headroom - reserve   (soft; only
+           rows where the held capacity can matter)
 peak       sum of i[p] at the root on phase f, step k - peak[f] <= -base_load_a[k, f]
 unbalance  |load_a - load_b + base_a - base_b| <= max(U, |base_a - base_b|)  per step and
            phase pair, where only 1-phase sessions have nonzero coefficients
@@ -30,6 +34,7 @@ sum_p kwh_per_a[p] * i[p] * ( - unmet_energy_eur_per_kwh * priority[s]
                               + early_eur_per_kwh_h * mid_h[k]
                               + urgency_eur_per_kwh_h * mid_h[k] / max(laxity_h[s], 0.25) )
 + peak_eur_per_a * sum_f peak[f] - fairness_eur * share + penalty_eur_per_kg * sum excess
++ reserve_eur_per_kwh * sum_r voltage * dt_h[k_r] / 1000 * over[r]
 
 ``laxity_h[s]`` is the session's slack in hours (time from the grid start, or its later arrival,
 to its departure, minus the time its energy takes at its maximum current; see
@@ -75,6 +80,7 @@ class Formulation:
     col_peak: slice
     col_share: int | None
     col_excess: slice
+    col_reserve: slice
     row_names: tuple[str, ...]
     energy_rows: slice
 
@@ -168,6 +174,40 @@ def build_formulation(c: Compiled) -> Formulation:
                 continue
             steps, row_of = _dense_index(k)
             rows.add(row_of, sel, np.ones(sel.size), np.full(steps.size, -np.inf), room[steps], "limit")
+
+    # --- capacity held for EVs expected later: soft, at a cost per kWh charged into it
+    col_reserve = slice(next_col, next_col)
+    if w.reserve_eur_per_kwh > 0 and n_p and c.reserve_a.any():
+        first = next_col
+        for n in range(len(c.node_ids)):
+            in_node = c.member[n][ps]
+            for f in range(3):
+                held = c.reserve_a[n, :, f]
+                if not held.any():
+                    continue
+                sel = np.nonzero(in_node & pmask[:, f])[0]
+                k = pk[sel]
+                demand = np.bincount(k, weights=c.pair_ub_a[sel], minlength=n_t)
+                room = c.headroom_a[n, :, f] - held
+                keep = ((demand > room + 1e-9) & (held > 1e-9))[k]
+                sel, k = sel[keep], k[keep]
+                if sel.size == 0:
+                    continue
+                steps, row_of = _dense_index(k)
+                m = steps.size
+                rows.add(
+                    np.concatenate([row_of, np.arange(m)]),
+                    np.concatenate([sel, next_col + np.arange(m)]),
+                    np.concatenate([np.ones(sel.size), -np.ones(m)]),
+                    np.full(m, -np.inf),
+                    room[steps],
+                    "reserve",
+                )
+                cost.append(w.reserve_eur_per_kwh * c.voltage_v * c.dt_h[steps] / 1000.0)
+                col_lo.append(np.zeros(m))
+                col_hi.append(held[steps].copy())
+                next_col += m
+        col_reserve = slice(first, next_col)
 
     # --- peak at the connection
     col_peak = slice(next_col, next_col)
@@ -293,6 +333,7 @@ def build_formulation(c: Compiled) -> Formulation:
         col_peak=col_peak,
         col_share=col_share,
         col_excess=col_excess,
+        col_reserve=col_reserve,
         row_names=tuple(rows.names),
         energy_rows=energy_rows,
     )

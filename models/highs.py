@@ -349,7 +349,7 @@ class _LazyLP:
     def __init__(self, form: Formulation, opts: SolverOptions, *, lazy_rows: bool = True) -> None:
         self.form = form
         names = np.array(form.row_names)
-        lazy = (names == "limit") & lazy_rows
+        lazy = ((names == "limit") | (names == "reserve")) & lazy_rows
         self.h = _new_highs(opts)
         self.in_model = ~lazy
         self.a_csr = form.a.tocsr()

@@ -393,6 +393,11 @@ class Weights:
         a quarter of an hour): among plans that deliver the same, serve first the EVs that have
         the least time to spare, and keep the flexible ones' energy for later -- a hedge
         against EVs that arrive later and need the capacity then.
+    reserve_eur_per_kwh : float
+        Cost per kWh planned into capacity held for EVs not yet arrived (``Problem.reserve_a``).
+        Set it above the largest difference in price and CO2 cost between steps and below the
+        value of energy: then a plan never moves energy into held capacity for a cleaner or
+        cheaper hour, but still uses it rather than leave an EV short. 0 = reservation off.
     """
 
     unmet_energy_eur_per_kwh: float = 2.0
@@ -402,6 +407,7 @@ class Weights:
     early_eur_per_kwh_h: float = 1e-4
     fairness_eur: float = 0.0
     urgency_eur_per_kwh_h: float = 0.0
+    reserve_eur_per_kwh: float = 0.0
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -458,6 +464,32 @@ class Signals:
     co2_g_per_kwh: np.ndarray | None = None
 
 
+def _node_series(
+    field_name: str, value: Mapping[str, Any], node_ids: set[str], n: int, *, finite: bool = False
+) -> dict[str, np.ndarray]:
+    """Per-node series of currents: each (n,) or (n, 3), >= 0, read-only (n, 3) arrays [A]."""
+    out: dict[str, np.ndarray] = {}
+    for node_id, series in dict(value).items():
+        where = f"{field_name}[{node_id}]"
+        if node_id not in node_ids:
+            raise ProblemError(where, f"unknown node {node_id!r}")
+        arr = np.asarray(series, dtype=float)
+        if np.isnan(arr).any():
+            raise ProblemError(where, "NaN value")
+        if finite and not np.isfinite(arr).all():
+            raise ProblemError(where, "infinite value")
+        if arr.shape == (n,):
+            arr = np.repeat(arr[:, None], 3, axis=1)
+        if arr.shape != (n, 3):
+            raise ProblemError(where, f"expected shape ({n},) or ({n}, 3), got {arr.shape}")
+        if (arr < 0).any():
+            raise ProblemError(where, "negative value" if finite else "negative limit")
+        arr = np.array(arr)
+        arr.setflags(write=False)
+        out[node_id] = arr
+    return out
+
+
 def _series(field_name: str, value: Any, n: int, *, minimum: float | None, cols: int = 0) -> np.ndarray:
     arr = np.asarray(value, dtype=float)
     shape = (n,) if cols == 0 else (n, cols)
@@ -501,6 +533,10 @@ class Problem:
         not enforced. Use :data:`VDE_UNBALANCE_A` (20 A, VDE-AR-N 4100) where the site is one
         customer connection; for a whole district behind a transformer it does not apply. A base
         load already more unbalanced is not made worse.
+    reserve_a : mapping node id -> array (n_steps,) or (n_steps, 3)
+        Capacity per node and phase held for EVs expected to arrive later [A] (a forecast). It
+        is soft: charging into it costs ``weights.reserve_eur_per_kwh`` per kWh, and the hard
+        limit stays the node's limit. Ignored while that weight is 0.
     """
 
     site: Site
@@ -512,6 +548,7 @@ class Problem:
     weights: Weights = field(default_factory=Weights)
     target: EmissionTarget | None = None
     max_unbalance_a: float | None = None
+    reserve_a: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = self.grid.n_steps
@@ -537,26 +574,10 @@ class Problem:
                 _series("base_load_a", self.base_load_a, n, minimum=None, cols=3),
             )
         node_ids = {nd.id for nd in self.site.nodes}
-        limits: dict[str, np.ndarray] = {}
-        for node_id, series in dict(self.node_limits_a).items():
-            if node_id not in node_ids:
-                raise ProblemError(f"node_limits_a[{node_id}]", f"unknown node {node_id!r}")
-            arr = np.asarray(series, dtype=float)
-            arr = np.where(np.isposinf(arr), np.inf, arr)
-            if np.isnan(arr).any():
-                raise ProblemError(f"node_limits_a[{node_id}]", "NaN value")
-            if arr.shape == (n,):
-                arr = np.repeat(arr[:, None], 3, axis=1)
-            if arr.shape != (n, 3):
-                raise ProblemError(
-                    f"node_limits_a[{node_id}]",
-                    f"expected shape ({n},) or ({n}, 3), got {arr.shape}",
-                )
-            if (arr < 0).any():
-                raise ProblemError(f"node_limits_a[{node_id}]", "negative limit")
-            arr.setflags(write=False)
-            limits[node_id] = arr
+        limits = _node_series("node_limits_a", self.node_limits_a, node_ids, n)
         object.__setattr__(self, "node_limits_a", limits)
+        reserve = _node_series("reserve_a", self.reserve_a, node_ids, n, finite=True)
+        object.__setattr__(self, "reserve_a", reserve)
         sig = self.signals
         object.__setattr__(
             self,
@@ -591,4 +612,5 @@ class Problem:
             weights=self.weights,
             target=self.target,
             max_unbalance_a=self.max_unbalance_a,
+            reserve_a=self.reserve_a,
         )

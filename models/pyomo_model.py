@@ -18,13 +18,15 @@ Components (units in the names)
 Sets
     ``PAIRS`` (pair number p; ``session_of[p]``, ``step_of[p]`` say which session and step),
     ``ENERGY_ROWS`` (session ids with a pair), ``LIMIT_ROWS`` (node id, step, phase),
+    ``RESERVE_ROWS`` (node id, step, phase; capacity held for EVs expected later),
     ``PEAK_ROWS`` (step, phase), ``UNBALANCE_ROWS`` (phase a, phase b, step),
     ``FAIRNESS_ROWS`` (session ids), ``TARGETS`` ("intensity", "budget"), ``PHASES``.
 Variables
     ``current_a[p]`` [A] in [0, pair_ub_a], ``on[p]`` binary, ``peak_a[phase]`` [A],
-    ``share`` [-] in [0, 1], ``excess_kg[target]`` [kg] >= 0.
+    ``share`` [-] in [0, 1], ``excess_kg[target]`` [kg] >= 0, ``over_reserve_a[row]`` [A] in
+    [0, reserve].
 Constraints
-    ``energy_kwh``, ``max_when_on_a``, ``min_when_on_a``, ``limit_a``, ``peak_def_a``,
+    ``energy_kwh``, ``max_when_on_a``, ``min_when_on_a``, ``limit_a``, ``reserve_a``, ``peak_def_a``,
     ``unbalance_a``, ``fairness_kwh``, ``target_kg``.
 Objective
     ``cost_eur`` (EUR-equivalent, without the constant value of all energy wanted).
@@ -171,6 +173,32 @@ def _limit_rows(c: Compiled) -> dict[tuple[str, int, str], _Row]:
     }
 
 
+def _reserve_rows(c: Compiled) -> dict[tuple[str, int, str], tuple[_Row, float]]:
+    """(node, step, phase) -> (row ``sum current - over <= headroom - held``, held [A]).
+
+    Only where capacity is held and the pairs on the row could reach into it, as in
+    :mod:`models.formulation`.
+    """
+    out: dict[tuple[str, int, str], tuple[_Row, float]] = {}
+    ps, pk = c.pair_s, c.pair_k
+    for n, node_id in enumerate(c.node_ids):
+        in_node = c.member[n][ps]
+        for f, phase in enumerate(PHASES):
+            held = c.reserve_a[n, :, f]
+            if not held.any():
+                continue
+            sel = np.nonzero(in_node & c.pair_phase_mask[:, f])[0]
+            demand = np.bincount(pk[sel], weights=c.pair_ub_a[sel], minlength=c.n_steps)
+            room = c.headroom_a[n, :, f] - held
+            keep = (demand > room + 1e-9) & (held > 1e-9)
+            sel = sel[keep[pk[sel]]]
+            steps, pairs = _group(pk[sel], sel)
+            for k, p in zip(steps.tolist(), pairs, strict=True):
+                row = _Row(p.tolist(), [1.0] * p.size, None, float(room[k]), -1.0)
+                out[(node_id, k, phase)] = (row, float(held[k]))
+    return out
+
+
 def _peak_rows(c: Compiled) -> dict[tuple[int, str], _Row]:
     """(step, phase) -> charging at the connection minus ``peak_a`` <= -base load [A]."""
     pair, phase = np.nonzero(c.pair_phase_mask)  # every pair loads the root
@@ -304,6 +332,17 @@ def build_pyomo_model(problem_or_compiled: Problem | Compiled) -> pyo.ConcreteMo
     m.limit_a = pyo.Constraint(m.LIMIT_ROWS, rule=family(limits))
 
     cost = [_linear(cur, _pair_cost_eur_per_a(c).tolist())]
+
+    # --- capacity held for EVs expected later (soft)
+    if w.reserve_eur_per_kwh > 0 and n_p:
+        held = _reserve_rows(c)
+        rows = {label: row for label, (row, _) in held.items()}
+        m.RESERVE_ROWS = pyo.Set(initialize=list(held), dimen=3, ordered=True)
+        m.over_reserve_a = pyo.Var(m.RESERVE_ROWS, bounds=lambda _m, *label: (0.0, held[label][1]))
+        over = m.over_reserve_a
+        m.reserve_a = pyo.Constraint(m.RESERVE_ROWS, rule=family(rows, lambda *label: over[label]))
+        eur_per_a = [w.reserve_eur_per_kwh * c.voltage_v * float(c.dt_h[label[1]]) / 1000.0 for label in held]
+        cost.append(_linear([over[label] for label in held], eur_per_a))
 
     # --- peak at the connection
     if w.peak_eur_per_a > 0 and n_p:

@@ -21,8 +21,8 @@ fallback.
    have room.
 
 Every move is checked against the hard rows (energy, limits, unbalance) with the current row
-activities, so the result is always feasible. Rows on auxiliary columns (peak, fairness,
-targets) are ignored here: those columns are recomputed afterwards, and the polishing LP that
+activities, so the result is always feasible. Rows on auxiliary columns (peak, fairness, held
+capacity, targets) are ignored here: those columns are recomputed afterwards, and the polishing LP that
 follows re-optimises every continuous amount with the on/off pattern fixed.
 
 Also here: :func:`greedy_fill`, which switches on pairs that are off when their session still
@@ -38,7 +38,7 @@ from models.formulation import Formulation
 __all__ = ["aux_columns", "greedy_fill", "hard_row_mask", "repair", "round_pattern"]
 
 _EPS = 1e-7
-_SOFT = {"peak", "fairness", "intensity", "budget"}
+_SOFT = {"peak", "fairness", "intensity", "budget", "reserve"}
 
 
 def hard_row_mask(form: Formulation) -> np.ndarray:
@@ -207,14 +207,14 @@ def greedy_fill(form: Formulation, x_pairs: np.ndarray) -> np.ndarray:
 
 
 def aux_columns(form: Formulation, x_pairs: np.ndarray) -> np.ndarray:
-    """Full column vector: pair currents plus the best values of peak, share and excess."""
+    """Full column vector: pair currents plus the best values of peak, share, excess and over."""
     x = np.zeros(form.n_cols)
     n_p = form.n_pairs
     x[:n_p] = x_pairs
     act = form.a @ x  # auxiliary columns are 0 here
     names = np.array(form.row_names)
     a = form.a.tocsc()
-    for sl in (form.col_peak, form.col_excess):
+    for sl in (form.col_peak, form.col_excess, form.col_reserve):
         for col in range(sl.start, sl.stop):
             rows = a.indices[a.indptr[col] : a.indptr[col + 1]]
             # row: pairs - aux <= hi  =>  aux >= pairs - hi

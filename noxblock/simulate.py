@@ -16,12 +16,15 @@ import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 
-from models import ProblemError, Weights
+from models import ProblemError, Session, Weights
 from scheduler.errors import InputError
+from scheduler.forecast import DEFAULT_RESERVE_SCALE
 from scheduler.kpis import EmissionFactors, kpis, session_table
+from scheduler.loaders import load_sessions
 from scheduler.policies import POLICY_NAMES, make_policy
 from scheduler.simulator import Scenario, SimulationResult, Taper, simulate
 
@@ -92,6 +95,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="rolling MILP: steps this long beyond the first 4 h ahead (faster)")  # fmt: skip
     p.add_argument("--shift-window", type=parse_duration, default=None,
                    help="rolling MILP: how far ahead price/CO2 may move energy (default: all)")  # fmt: skip
+    p.add_argument("--history", type=Path, default=None,
+                   help="rolling MILP: past sessions CSV (contract format), to learn from")  # fmt: skip
+    p.add_argument("--timezone", type=_zone, default="UTC",
+                   help="the site's time zone (IANA) for learned day types and hours")  # fmt: skip
+    p.add_argument("--reserve-scale", type=_non_negative, default=DEFAULT_RESERVE_SCALE,
+                   help="rolling MILP: capacity held for EVs still to come, times the learned mean "
+                   f"uncontrolled load (0 = off; default {DEFAULT_RESERVE_SCALE:g})")  # fmt: skip
     p.add_argument("--ev-kwh-per-100km", type=float, default=EmissionFactors().ev_consumption_kwh_per_100km,
                    help="EV consumption for NOx avoided [kWh/100 km]")  # fmt: skip
     p.add_argument("--replaced-nox-mg-per-km", type=float, default=EmissionFactors().replaced_nox_mg_per_km,
@@ -100,6 +110,26 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="NOx of generating a kWh [g/kWh]")  # fmt: skip
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+
+
+def _zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as err:
+        raise argparse.ArgumentTypeError(
+            f"unknown time zone {name!r} (an IANA name, e.g. Europe/Berlin)"
+        ) from err
+    return name
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from err
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
 
 
 def add_simulate_arguments(p: argparse.ArgumentParser) -> None:
@@ -124,12 +154,17 @@ def _factors(args: argparse.Namespace) -> EmissionFactors:
     )
 
 
-def _run_one(scenario: Scenario, name: str, args: argparse.Namespace) -> SimulationResult:
+def _run_one(
+    scenario: Scenario, name: str, args: argparse.Namespace, history: list[Session] | None = None
+) -> SimulationResult:
     policy = make_policy(
         name,
         co2_eur_per_kg=args.co2_eur_per_kg,
         time_limit_s=args.time_limit,
         shift_window_h=None if args.shift_window is None else args.shift_window.total_seconds() / 3600.0,
+        reserve_scale=args.reserve_scale,
+        history=history or (),
+        tz=args.timezone,
     )
     show = sys.stderr.isatty() if args.progress is None else args.progress
     return simulate(
@@ -167,6 +202,11 @@ def _load(args: argparse.Namespace) -> Scenario:
     return scenario
 
 
+def _history(args: argparse.Namespace, scenario: Scenario) -> list[Session]:
+    """The ``--history`` sessions (at the site's stations), or none."""
+    return [] if args.history is None else load_sessions(args.history, scenario.site)
+
+
 def _check_period(args: argparse.Namespace) -> None:
     if args.start is not None and args.end is not None and args.end <= args.start:
         raise InputError("--end", None, None, f"{args.end.isoformat()} is not after --start")
@@ -184,7 +224,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         _check_period(args)
         factors = _factors(args)
         scenario = _load(args)
-        result = _run_one(scenario, args.policy, args)
+        history = _history(args, scenario)
+        result = _run_one(scenario, args.policy, args, history)
     except (InputError, ProblemError, ValueError) as err:
         return _fail(err)
     figures = write_outputs(result, args.out, factors)
@@ -207,7 +248,8 @@ def run_compare(args: argparse.Namespace) -> int:
         _check_period(args)
         factors = _factors(args)
         scenario = _load(args)
-        results = {name: _run_one(scenario, name, args) for name in names}
+        history = _history(args, scenario)
+        results = {name: _run_one(scenario, name, args, history) for name in names}
     except (InputError, ProblemError, ValueError) as err:
         return _fail(err)
     rows = []

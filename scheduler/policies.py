@@ -24,14 +24,26 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 
 import numpy as np
 
-from models import EmissionTarget, Problem, Schedule, Signals, SolverOptions, Weights, solve
+from models import (
+    EmissionTarget,
+    Problem,
+    Schedule,
+    Session,
+    Signals,
+    SolverOptions,
+    TimeGrid,
+    Weights,
+    solve,
+)
 from models.baselines import edf, equal_share, llf, uncontrolled
+from scheduler.forecast import DEFAULT_RESERVE_SCALE, LearningReserve
 from scheduler.snapshot import Plan, Snapshot, clean_pilots
 
 __all__ = [
@@ -116,6 +128,21 @@ def rolling_options(time_limit_s: float) -> SolverOptions:
     )
 
 
+#: Smallest cost per kWh charged into capacity held for later EVs [EUR/kWh]: above the
+#: urgency and "charge early" terms, far below the value of energy.
+RESERVE_FLOOR_EUR_PER_KWH = 0.01
+
+
+class ReserveSource(Protocol):
+    """Anything that forecasts the current later EVs will want (see ``MilpPolicy.reserve``).
+
+    ``reserve_a(now, grid)`` gives node id -> (steps, 3) current to hold [A]. A source may also
+    have ``observe(now, site, evs)``, called with every snapshot first, to learn from the EVs.
+    """
+
+    def reserve_a(self, now: datetime, grid: TimeGrid) -> Mapping[str, np.ndarray]: ...
+
+
 @dataclass
 class MilpPolicy:
     """The MILP of :mod:`models` behind the policy contract.
@@ -140,6 +167,14 @@ class MilpPolicy:
         no CO2 cut, 2 h -> 99.7 % and 18 % of the possible cut, 4 h -> 98.9 % and 57 %, the whole
         24 h -> 94 %. Where few EVs arrive late (overnight street charging) shifting is safe.
 
+    reserve : ReserveSource or None
+        A forecast of the current EVs not yet arrived will want (e.g.
+        :class:`~scheduler.forecast.LearningReserve`, which learns from history and from the
+        EVs it sees). When prices or intensities differ over the horizon, that capacity is
+        held back softly: the plan may not move energy into it for a cleaner or cheaper hour,
+        but uses it rather than leave an EV short. Its cost per kWh is set between the largest
+        price-and-CO2 difference over the horizon and the value of energy.
+
     Energy always comes first: when prices or intensities are so high that a kWh would cost more
     than a fifth of the value of delivering it, that value is raised for the re-plan.
     """
@@ -151,6 +186,7 @@ class MilpPolicy:
     fallback: Callable[[Problem], Schedule] = edf
     horizon_needed: bool = True
     shift_window_h: float | None = None
+    reserve: ReserveSource | None = None
 
     def _inputs(self, snapshot: Snapshot) -> tuple[Snapshot, Weights]:
         """The snapshot with signals cut to the shift window, and weights that put energy first."""
@@ -170,10 +206,25 @@ class MilpPolicy:
             snapshot = dataclasses.replace(snapshot, signals=sig)
         w = self.weights
         worst_eur_per_kwh = 0.0
+        spread_eur_per_kwh = 0.0
         if sig.price_eur_per_mwh is not None and w.energy_cost > 0:
-            worst_eur_per_kwh += w.energy_cost * max(float(np.max(sig.price_eur_per_mwh)), 0.0) / 1000.0
+            price = sig.price_eur_per_mwh
+            worst_eur_per_kwh += w.energy_cost * max(float(np.max(price)), 0.0) / 1000.0
+            spread_eur_per_kwh += w.energy_cost * float(np.ptp(price)) / 1000.0
         if sig.co2_g_per_kwh is not None:
             worst_eur_per_kwh += w.co2_eur_per_kg * float(np.max(sig.co2_g_per_kwh)) / 1000.0
+            spread_eur_per_kwh += w.co2_eur_per_kg * float(np.ptp(sig.co2_g_per_kwh)) / 1000.0
+        if self.reserve is not None:
+            observe = getattr(self.reserve, "observe", None)
+            if observe is not None:
+                observe(snapshot.now, snapshot.site, snapshot.evs)
+        if self.reserve is not None and spread_eur_per_kwh > 0:
+            held = self.reserve.reserve_a(snapshot.now, snapshot.grid)
+            snapshot = dataclasses.replace(snapshot, reserve_a=held)
+            # Above any gain from moving a kWh in time; the floor ranks it above urgency terms.
+            rho = max(2.0 * spread_eur_per_kwh, RESERVE_FLOOR_EUR_PER_KWH)
+            w = dataclasses.replace(w, reserve_eur_per_kwh=rho)
+            worst_eur_per_kwh += w.reserve_eur_per_kwh
         if w.unmet_energy_eur_per_kwh < 5.0 * worst_eur_per_kwh:
             w = dataclasses.replace(w, unmet_energy_eur_per_kwh=5.0 * worst_eur_per_kwh)
         return snapshot, w
@@ -207,17 +258,26 @@ def make_policy(
     time_limit_s: float | None = None,
     co2_eur_per_kg: float | None = None,
     shift_window_h: float | None = None,
+    reserve_scale: float = DEFAULT_RESERVE_SCALE,
+    history: Sequence[Session] = (),
+    tz: str = "UTC",
 ) -> Policy:
     """The policy called ``name`` (one of :data:`POLICY_NAMES`).
 
     ``weights`` replaces the policy's default weights as a whole; ``co2_eur_per_kg`` changes
     only the shadow price of CO2 in them. ``shift_window_h``: see :class:`MilpPolicy`.
+
+    The rolling ``milp`` holds capacity for EVs still to come (a
+    :class:`~scheduler.forecast.LearningReserve` on ``history`` and on what it sees, day types
+    and clock slots in ``tz``) at ``reserve_scale`` times the learned mean; 0 turns that off.
     """
     heuristics = {"uncontrolled": uncontrolled, "equal-share": equal_share, "edf": edf, "llf": llf}
     if name in heuristics:
         return HeuristicPolicy(name, heuristics[name])
     if name not in ("milp", "offline-optimal"):
         raise ValueError(f"policy: unknown {name!r}; one of {', '.join(POLICY_NAMES)}")
+    if not reserve_scale >= 0.0:
+        raise ValueError(f"reserve_scale: must be >= 0, got {reserve_scale}")
     w = weights or (ROLLING_WEIGHTS if name == "milp" else Weights())
     if co2_eur_per_kg is not None:
         w = dataclasses.replace(w, co2_eur_per_kg=co2_eur_per_kg)
@@ -227,6 +287,7 @@ def make_policy(
             target=target,
             options=rolling_options(time_limit_s or 20.0),
             shift_window_h=shift_window_h,
+            reserve=LearningReserve(history, tz=tz, scale=reserve_scale) if reserve_scale > 0 else None,
         )
     return MilpPolicy(
         weights=w,

@@ -87,6 +87,11 @@ class Snapshot:
         Time-varying limits (grid operators) [A]; the tightest over each step.
     signals : Signals
         Price [EUR/MWh] and emission intensity [g/kWh] per step (means over each step).
+    max_unbalance_a : float or None
+        Largest difference between phase currents at the connection [A].
+    reserve_a : mapping node id -> (T, 3) array
+        Capacity held for EVs expected to arrive later [A] (a forecast; soft, see
+        ``models.Problem.reserve_a``).
     """
 
     now: datetime
@@ -97,6 +102,7 @@ class Snapshot:
     node_limits_a: Mapping[str, np.ndarray] = field(default_factory=dict)
     signals: Signals = field(default_factory=Signals)
     max_unbalance_a: float | None = None
+    reserve_a: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def present(self) -> tuple[EVState, ...]:
         """EVs plugged in at ``now``."""
@@ -148,6 +154,7 @@ class Snapshot:
             weights=weights or Weights(),
             target=target,
             max_unbalance_a=self.max_unbalance_a,
+            reserve_a=self.reserve_a,
         )
 
 

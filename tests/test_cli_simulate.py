@@ -89,7 +89,14 @@ def test_unknown_station_exits_2(street: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--start", "2024-01-08T00:00"), ("--step", "soon"), ("--policy", "magic")],
+    [
+        ("--start", "2024-01-08T00:00"),
+        ("--step", "soon"),
+        ("--policy", "magic"),
+        ("--timezone", "Mars/Olympus"),
+        ("--reserve-scale", "-1"),
+        ("--reserve-scale", "nan"),
+    ],
 )
 def test_bad_options_exit_2(street: Path, tmp_path: Path, flag: str, value: str) -> None:
     p = run(
@@ -127,3 +134,23 @@ def test_empty_sessions_file_needs_a_period(street: Path, tmp_path: Path) -> Non
     assert p.returncode == 0, p.stderr
     k = json.loads((tmp_path / "b" / "kpis.json").read_text())
     assert k["sessions"] == 0 and k["energy_delivered_kwh"] == 0.0 and k["limit_violation_max_a"] == 0.0
+
+
+def test_history_is_read_and_checked(street: Path, tmp_path: Path) -> None:
+    """``--history``: a sessions CSV; its bad rows exit 2 like the sessions file's."""
+    history = tmp_path / "history.csv"
+    text = (street / "sessions.csv").read_text()
+    history.write_text(text.replace("2024-01-0", "2023-12-2"))  # the same week, two weeks before
+    common = ["simulate", "--site", str(street / "site.toml"), "--sessions", str(street / "sessions.csv"),
+              "--signals", str(street / "signals.csv"), "--horizon", "12h", "--end", END,
+              "--timezone", "Europe/Berlin", "--history", str(history)]  # fmt: skip
+    p = run(*common, "--out", str(tmp_path / "o"))
+    assert p.returncode == 0, p.stderr
+    k = json.loads((tmp_path / "o" / "kpis.json").read_text())
+    assert k["limit_violation_max_a"] == 0.0 and k["energy_delivered_kwh"] > 0
+    lines = history.read_text().splitlines()
+    lines[3] = lines[3].replace(",LP", ",XX", 1)
+    history.write_text("\n".join(lines) + "\n")
+    p = run(*common, "--out", str(tmp_path / "bad"))
+    assert p.returncode == 2
+    assert "history.csv:4" in p.stderr and "station_id" in p.stderr, p.stderr

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from models.baselines import edf, equal_share, llf
 from models.compiled import compile_problem
+from models.errors import ProblemError
 from models.formulation import build_formulation
 from models.highs import SolveResult, SolverOptions, SolveStatus, solve, solve_lp_relaxation
 from models.instances import lamppost_district
@@ -331,6 +332,59 @@ def test_price_moves_charging_to_cheap_steps(options: SolverOptions) -> None:
     cheap_kwh, late_kwh = 15.0 - 6 * KWH_3PH, 6 * KWH_3PH
     expected = objective((cheap_kwh, 1.5), (late_kwh, 2.5)) + 0.05 * cheap_kwh + 0.10 * late_kwh
     assert result.objective_eur == pytest.approx(expected)
+
+
+def reserve_problem(energy_kwh: float, held_a: float, rho_eur_per_kwh: float) -> Problem:
+    """16 A per phase, one 3-phase EV for two hours, CO2 500 then 100 g/kWh (0.05 and 0.01 EUR
+    per kWh at 0.1 EUR/kg); ``held_a`` of hour 1 held for later EVs at ``rho_eur_per_kwh``."""
+    return make_problem(
+        16.0,
+        [ChargePoint("a")],
+        [ev(0, "a", 0, 2, energy_kwh)],
+        n_steps=2,
+        signals=Signals(co2_g_per_kwh=[500.0, 100.0]),
+        reserve_a={"site": [0.0, held_a]},
+        weights=Weights(reserve_eur_per_kwh=rho_eur_per_kwh),
+    )
+
+
+def test_held_capacity_is_not_taken_for_a_cleaner_hour(options: SolverOptions) -> None:
+    # 5 kWh = 7.246 A for an hour. Nothing held: all in the clean hour 1 (0.04 EUR/kWh less).
+    free = solved(reserve_problem(5.0, 0.0, 0.1), options)
+    np.testing.assert_allclose(free.schedule.current_a, [[0.0, 5.0 / KWH_3PH]], atol=1e-6)
+    assert free.objective_eur == pytest.approx(objective((5.0, 1.5)) + 0.01 * 5.0)
+    # The whole of hour 1 held at 0.1 EUR/kWh (more than the 0.04 saved): the dirty hour 0.
+    held = solved(reserve_problem(5.0, 16.0, 0.1), options)
+    np.testing.assert_allclose(held.schedule.current_a, [[5.0 / KWH_3PH, 0.0]], atol=1e-6)
+    assert held.objective_eur == pytest.approx(objective((5.0, 0.5)) + 0.05 * 5.0)
+    # Held, but at no cost: the reservation is off.
+    off = solved(reserve_problem(5.0, 16.0, 0.0), options)
+    np.testing.assert_allclose(off.schedule.current_a, free.schedule.current_a, atol=1e-6)
+
+
+def test_held_capacity_is_used_rather_than_leave_an_ev_short(options: SolverOptions) -> None:
+    # 15 kWh = 21.739 A-hours, but hour 0 takes 16 A at most: the rest must go into hour 1,
+    # which is held. With the 6 A rule that is 15.739 A + 6 A, and the 6 A (4.14 kWh) pay the
+    # reservation: energy comes first.
+    result = solved(reserve_problem(15.0, 16.0, 0.1), options)
+    np.testing.assert_allclose(result.schedule.current_a, [[15.0 / KWH_3PH - 6.0, 6.0]], atol=1e-6)
+    assert result.schedule.energy_kwh[0] == pytest.approx(15.0)
+    early_kwh, late_kwh = 15.0 - 6 * KWH_3PH, 6 * KWH_3PH
+    expected = objective((early_kwh, 0.5), (late_kwh, 1.5)) + 0.05 * early_kwh + (0.01 + 0.1) * late_kwh
+    assert result.objective_eur == pytest.approx(expected)
+
+
+def test_held_capacity_must_be_finite_and_on_a_known_node() -> None:
+    with pytest.raises(ProblemError, match=r"reserve_a\[nowhere\]"):
+        Problem(
+            site=Site("s", 230.0, 16.0, charge_points=(ChargePoint("a"),)),
+            grid=TimeGrid.uniform(T0, HOUR, 2),
+            reserve_a={"nowhere": [0.0, 1.0]},
+        )
+    with pytest.raises(ProblemError, match="infinite"):
+        reserve_problem(5.0, np.inf, 0.1)
+    with pytest.raises(ProblemError, match="negative"):
+        reserve_problem(5.0, -1.0, 0.1)
 
 
 def emission_problem(target: EmissionTarget | None) -> Problem:

@@ -130,6 +130,14 @@ INSTANCES = {
     "district-12-intensity": lambda: district(
         12, 5, target=EmissionTarget(max_intensity_g_per_kwh=300.0, penalty_eur_per_kg=2.0)
     ),
+    "groups-reserve": lambda: replace(
+        groups_instance(),
+        reserve_a={"site": np.array([0, 5, 10, 40, 40, 20, 10, 0], float), "cable-2": np.full(8, 6.0)},
+        weights=Weights(reserve_eur_per_kwh=0.3),
+    ),
+    "district-12-reserve": lambda: district(
+        12, 7, reserve_a={"site": np.linspace(0.0, 60.0, 16)}, weights=Weights(reserve_eur_per_kwh=0.2)
+    ),
     "district-20-all": lambda: district(
         20,
         6,
@@ -154,6 +162,7 @@ FAMILY = {
     "peak_def_a": "peak",
     "unbalance_a": "unbalance",
     "fairness_kwh": "fairness",
+    "reserve_a": "reserve",
 }
 
 
@@ -168,6 +177,8 @@ def _column(m: pyo.ConcreteModel, form: Formulation, var) -> int | None:
         return form.col_share
     if comp is m.find_component("excess_kg"):
         return form.col_excess.start + list(m.TARGETS).index(idx)
+    if comp is m.find_component("over_reserve_a"):
+        return form.col_reserve.start + list(m.RESERVE_ROWS).index(idx)
     return None
 
 
@@ -217,7 +228,8 @@ def test_rows_columns_and_objective_match_the_formulation(problem: Problem) -> N
     assert len(m.max_when_on_a) == len(m.min_when_on_a) == n_p
     assert len(m.energy_kwh) == len(np.unique(c.pair_s))
     assert len(m.limit_a) == (names == "limit").sum()
-    for comp, name in (("peak_def_a", "peak"), ("unbalance_a", "unbalance"), ("fairness_kwh", "fairness")):
+    families = (("peak_def_a", "peak"), ("unbalance_a", "unbalance"), ("fairness_kwh", "fairness"))
+    for comp, name in (*families, ("reserve_a", "reserve")):
         assert len(m.find_component(comp) or ()) == (names == name).sum(), comp
     targets = m.find_component("target_kg")
     assert len(targets or ()) == np.isin(names, ["intensity", "budget"]).sum()

@@ -338,13 +338,44 @@ def _priced_street(prices: list[float]) -> Scenario:
 
 def test_rolling_milp_moves_energy_to_the_cheap_hour_within_its_shift_window():
     sc = _priced_street([300.0, 300.0, 300.0, 20.0])
-    free = simulate(sc, make_policy("milp"), step=STEP)
+    free = simulate(sc, make_policy("milp", reserve_scale=0.0), step=STEP)
     hourly = free.current_a[0].reshape(4, 4).sum(axis=1)
     assert hourly[3] == pytest.approx(64.0) and hourly[:3].sum() == pytest.approx(0.0)
-    short = simulate(sc, make_policy("milp", shift_window_h=1.0), step=STEP)
+    short = simulate(sc, make_policy("milp", shift_window_h=1.0, reserve_scale=0.0), step=STEP)
     hourly = short.current_a[0].reshape(4, 4).sum(axis=1)
     assert hourly[3] == pytest.approx(0.0)  # beyond the window every hour looks dear
     assert short.energy_kwh.sum() == pytest.approx(11.04)
+
+
+def _week_of_arrivals(hour: int) -> list[Session]:
+    """The five weekdays before T0, one EV on point B arriving at ``hour`` (UTC) with 20 kWh."""
+    out = []
+    for day in range(3, 8):
+        t = T0 - timedelta(days=day) + timedelta(hours=hour)
+        out.append(Session(f"h{day}", "B", t, t + timedelta(hours=3), 20.0))
+    return out
+
+
+def _contested_street(prices: list[float]) -> Scenario:
+    """A 16 A site with points A and B; one EV on A for four hours from T0 wants 11.04 kWh."""
+    site = Site("s", 230.0, 16.0, charge_points=(ChargePoint("A"), ChargePoint("B")))
+    sig = series({"price_eur_per_mwh": prices}, [at(h) for h in range(len(prices))])
+    return Scenario.from_series(site, (Session("a", "A", at(0), at(4), 11.04),), signals=sig)
+
+
+def test_rolling_milp_holds_capacity_where_later_evs_are_expected():
+    sc = _contested_street([300.0, 300.0, 300.0, 20.0])
+    # No history: it knows nothing of later arrivals and moves nothing into the cheap hour.
+    blind = simulate(sc, make_policy("milp"), step=STEP)
+    hourly = blind.current_a[0].reshape(4, 4).sum(axis=1)
+    assert hourly[3] == pytest.approx(0.0) and blind.energy_kwh.sum() == pytest.approx(11.04)
+    # Every past weekday an EV came at 02:00 and took the whole site for hours: hold hour 3.
+    busy = simulate(sc, make_policy("milp", history=_week_of_arrivals(2)), step=STEP)
+    assert busy.current_a[0].reshape(4, 4).sum(axis=1)[3] == pytest.approx(0.0)
+    # Past EVs came at noon: the night is free, so the energy goes into the cheap hour.
+    quiet = simulate(sc, make_policy("milp", history=_week_of_arrivals(12)), step=STEP)
+    hourly = quiet.current_a[0].reshape(4, 4).sum(axis=1)
+    assert hourly[3] == pytest.approx(64.0) and hourly[:3].sum() == pytest.approx(0.0)
 
 
 def test_energy_comes_first_even_at_extreme_prices():
