@@ -42,6 +42,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
+from models import Session
 from scheduler.kpis import EmissionFactors, kpis
 from scheduler.policies import POLICY_NAMES, make_policy
 from scheduler.simulator import Scenario, SimulationResult, Taper, simulate
@@ -86,12 +87,16 @@ class CaseError(RuntimeError):
 class BuiltScenario:
     """What a scenario factory returns: the scenario and, optionally, the simulated period.
 
-    ``start``/``end`` ``None``: from the first arrival to the last departure.
+    ``start``/``end`` ``None``: from the first arrival to the last departure. ``history``:
+    sessions before the period the rolling MILP may learn arrivals from, with day types and
+    hours in the time zone ``tz``.
     """
 
     scenario: Scenario
     start: datetime | None = None
     end: datetime | None = None
+    history: tuple[Session, ...] = ()
+    tz: str = "UTC"
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,13 @@ def run_case(case: Case, factors: EmissionFactors | None = None) -> dict[str, An
     """
     t0 = time.perf_counter()
     built = _build(case)
-    policy = make_policy(case.policy, co2_eur_per_kg=case.co2_eur_per_kg, time_limit_s=case.time_limit_s)
+    policy = make_policy(
+        case.policy,
+        co2_eur_per_kg=case.co2_eur_per_kg,
+        time_limit_s=case.time_limit_s,
+        history=built.history,
+        tz=built.tz,
+    )
     result = simulate(
         built.scenario,
         policy,
@@ -408,6 +419,7 @@ def acn_scenario(
         weekday and the same wall-clock hour in ``signals_tz`` as the site's local time -- as if
         the garage stood in Germany.
 
+    The sessions of the same file before ``start`` (from 2019-05-01) come along as history.
     Needs the public data (:func:`scheduler.loaders.shared_data_dir`).
     """
     from scheduler.loaders import acn_site, energy_charts_signals, load_acn, shared_data_dir
@@ -416,7 +428,9 @@ def acn_scenario(
     if data is None:
         raise FileNotFoundError("ACN data: no ../shared/data and no $NOXBLOCK_SHARED_DATA")
     t0, t1 = _aware(start, "start"), _aware(end, "end")
-    sessions = load_acn(data / "acn" / f"{site}_2019-05-01_2019-08-31.csv.gz", t0, t1, energy=energy)
+    path = data / "acn" / f"{site}_2019-05-01_2019-08-31.csv.gz"
+    sessions = load_acn(path, t0, t1, energy=energy)
+    history = tuple(load_acn(path, datetime(2019, 5, 1, tzinfo=ACN_TZ), t0, energy=energy))
     if not sessions:
         raise ValueError(f"no ACN {site} sessions arrive in [{t0.isoformat()}, {t1.isoformat()})")
     st = acn_site(
@@ -436,7 +450,8 @@ def acn_scenario(
             last,
             source_start=same_weekday_in(2023, t0.astimezone(ACN_TZ), ZoneInfo(signals_tz)),
         )
-    return BuiltScenario(Scenario.from_series(st, sessions, signals=sig, name=f"acn-{site}"), t0, None)
+    scenario = Scenario.from_series(st, sessions, signals=sig, name=f"acn-{site}")
+    return BuiltScenario(scenario, t0, None, history=history, tz=str(ACN_TZ))
 
 
 #: Scenario factories a :class:`Case` may name.

@@ -16,6 +16,7 @@ from scheduler.sweep import (
     ACN_WEEK_START,
     Case,
     acn_limit_sweep,
+    acn_scenario,
     is_timing_column,
     main,
     points_sweep,
@@ -127,3 +128,13 @@ def test_acn_case_builds_from_the_public_data() -> None:
     assert row["sessions"] > 5
     assert row["max_phase_current_a"] <= 25.0 + 1e-6
     assert row["co2_g_per_kwh"] is not None and 20 < row["co2_g_per_kwh"] < 1000
+
+
+@pytest.mark.skipif(shared_data_dir() is None, reason="../shared/data not present")
+def test_acn_scenario_brings_the_sessions_before_it_as_history() -> None:
+    built = acn_scenario(25.0, start="2019-06-04T00:00:00-07:00", end="2019-06-04T12:00:00-07:00")
+    assert built.tz == "America/Los_Angeles"
+    assert len(built.history) > 500  # May 2019 and June 1-3
+    assert (
+        max(s.arrival for s in built.history) < built.start <= min(s.arrival for s in built.scenario.sessions)
+    )
