@@ -98,7 +98,8 @@ class SolverOptions:
     neighbourhood_free_steps : int
         Steps at the start of the horizon whose currents the neighbourhood search leaves free
         (semi-continuous) even where the LP and the incumbent agree: a rolling planner applies
-        only the first step, so that is where a better on/off choice pays.
+        only the first step, so that is where a better on/off choice pays. A session the LP left
+        fractional in those steps is left free in every step.
     max_nodes : int or None
         Branch-and-bound node limit of every HiGHS MIP run (the neighbourhood search and the
         whole model). Unlike a time limit it gives the same answer on a slower machine, so a
@@ -616,7 +617,14 @@ def _neighbourhood(
     fix_on = lp_on & inc_on
     fix_off = lp_off & ~inc_on
     if opts.neighbourhood_free_steps:
-        free = form.compiled.pair_k < opts.neighbourhood_free_steps
+        early = form.compiled.pair_k < opts.neighbourhood_free_steps
+        # Sessions the LP left fractional in those steps stay free in every step: a sliver
+        # under the minimum there often means the EV fits better at another time, which the
+        # fixed pairs would not let the search find (generated street, seed 2: a 3-phase EV at
+        # 4 A beside a 1-phase EV with minutes to spare).
+        ps = form.compiled.pair_s
+        sliver = early & ~lp_on & ~lp_off
+        free = early | np.isin(ps, np.unique(ps[sliver]))
         fix_on &= ~free
         fix_off &= ~free
     h = _new_highs(opts)

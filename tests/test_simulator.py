@@ -206,13 +206,18 @@ def test_a_limit_changing_inside_an_interval_holds_for_the_whole_interval():
 # ---------------------------------------------------------------- policies against each other
 
 
-@pytest.mark.parametrize("seed", [1, 6])
-def test_rolling_milp_at_least_heuristics_and_offline_at_least_rolling(seed):
+@pytest.mark.parametrize(
+    ("seed", "binds"),
+    # On seeds 2 and 5 the limits bind only a little, but 1-phase EVs with minutes to spare
+    # share a cable with 3-phase EVs staying for hours (the rolling MILP once lost 0.1 % there).
+    [(1, True), (2, False), (5, False), (6, True)],
+)
+def test_rolling_milp_at_least_heuristics_and_offline_at_least_rolling(seed, binds):
     street = nox_block_scenario(12, seed, days=2, feeder_limit_a=20.0, transformer_limit_a=100.0)
     sc = street.scenario()
     energy = {p: simulate(sc, make_policy(p), step=STEP).energy_kwh.sum() for p in POLICY_NAMES}
-    # The street binds: ignoring the limits delivers more than anything that keeps them.
-    assert energy["uncontrolled"] > energy["offline-optimal"] + 0.5
+    if binds:  # ignoring the limits delivers more than anything that keeps them
+        assert energy["uncontrolled"] > energy["offline-optimal"] + 0.5
     assert energy["milp"] >= energy["edf"] - 1e-6
     assert energy["milp"] >= energy["llf"] - 1e-6
     assert energy["offline-optimal"] >= energy["milp"] - 1e-6
