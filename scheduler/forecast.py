@@ -168,9 +168,9 @@ class ArrivalForecast:
 #: their stays) times this. Calibrated on two ACN Caltech weeks that are not the benchmark's
 #: (from 2019-06-10 and 2019-06-17; 41 one-phase points, 30 A per phase, German 2023 signals,
 #: history from 2019-05-01): of x8, x12 and x16, the smallest with at least 99.8 % of the offline
-#: optimum's energy on both (x8: 99.79 % on the first). At x12 the rolling MILP kept 99.86 % and
-#: 99.98 % of that energy there and made 68 % and 62 % of the CO2 cut the optimum made against
-#: EDF; on the benchmark week (2019-06-03) and on 2019-06-24: 99.87 %/55 % and 99.87 %/52 %.
+#: optimum's energy on both (x8: 99.79 % on the first). At x12 the rolling MILP keeps 99.86 % and
+#: 99.97 % of that energy there and makes 68 % and 62 % of the CO2 cut the optimum makes against
+#: EDF; on the benchmark week (2019-06-03) 99.84 % and 55 %, on 2019-06-24 99.78 % and 52 %.
 DEFAULT_RESERVE_SCALE = 12.0
 
 #: Fewer past days of a type than this and :meth:`LoadForecast.reserve_a` holds everything on
