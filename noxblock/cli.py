@@ -6,6 +6,9 @@ Sub-commands:
   write ``kpis.json``, ``setpoints.csv`` and ``sessions.csv`` (see ``../shared/CONTRACT.md``);
 * ``compare``: the same for several policies, with a table and a plot;
 * ``serve``: the OCPP 1.6J central system and its REST API;
+* ``token``: bearer tokens of the REST API (``create --role ROLE [--site SITE]``, ``list``,
+  ``revoke ID``), kept as hashes in ``DATA_DIR/api.sqlite3``; ``create`` prints the token as the
+  last line of its output, the only time it is shown;
 
 * ``demo``: a seeded NOX-Block-like lamppost district planned by every policy (uncontrolled,
   equal share, EDF, LLF and the MILP), with a table of what each delivers, how close it runs to
@@ -15,15 +18,20 @@ Sub-commands:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models import Problem, Schedule, SolverOptions, check_schedule, lamppost_district, solve
 from models.baselines import edf, equal_share, llf, uncontrolled
+
+if TYPE_CHECKING:
+    from noxblock.auth import TokenStore
 
 log = logging.getLogger("noxblock")
 
@@ -102,6 +110,119 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token_store(args: argparse.Namespace, prog: str) -> TokenStore | None:
+    from noxblock.auth import StoreError, TokenStore
+
+    try:
+        return TokenStore.in_dir(args.data_dir)
+    except (StoreError, OSError) as e:
+        print(f"{prog}: --data-dir {args.data_dir}: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from noxblock.auth import check_site_id
+
+    prog = "noxblock token create"
+    if args.role == "grid-operator":
+        if args.site is None:
+            print(f"{prog}: --site SITE is required with --role grid-operator", file=sys.stderr)
+            return 2
+        try:
+            check_site_id(args.site)
+        except ValueError as e:
+            print(f"{prog}: --{e}", file=sys.stderr)
+            return 2
+    elif args.site is not None:
+        print(f"{prog}: --site is only for --role grid-operator, not --role {args.role}", file=sys.stderr)
+        return 2
+    store = _token_store(args, prog)
+    if store is None:
+        return 2
+    try:
+        record, token = store.create(args.role, args.site)
+    finally:
+        store.close()
+    site = f", site {record.site}" if record.site else ""
+    print(f"token {record.id}: role {record.role}{site}; only its hash is kept, in {store.path}")
+    print("copy the token now, it is not shown again:")
+    print(token)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    store = _token_store(args, "noxblock token list")
+    if store is None:
+        return 2
+    try:
+        records = store.list()
+    finally:
+        store.close()
+    rows = [
+        {
+            "id": r.id,
+            "role": r.role,
+            "site": r.site,
+            "created": r.created_at.isoformat(timespec="seconds"),
+            "revoked": r.revoked_at.isoformat(timespec="seconds") if r.revoked_at else None,
+        }
+        for r in records
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'id':<12}  {'role':<13}  {'site':<20}  {'created':<25}  revoked")
+    for row in rows:
+        print(
+            f"{row['id']:<12}  {row['role']:<13}  {row['site'] or '-':<20}  {row['created']:<25}  "
+            f"{row['revoked'] or '-'}"
+        )
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from noxblock.auth import UnknownTokenError
+
+    prog = "noxblock token revoke"
+    store = _token_store(args, prog)
+    if store is None:
+        return 2
+    try:
+        record = store.revoke(args.id)
+    except UnknownTokenError as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    site = f", site {record.site}" if record.site else ""
+    revoked = record.revoked_at.isoformat(timespec="seconds") if record.revoked_at else "?"
+    print(f"token {record.id} ({record.role}{site}) revoked at {revoked}")
+    return 0
+
+
+def add_token_parsers(token: argparse.ArgumentParser) -> None:
+    """The ``noxblock token`` sub-commands: ``create``, ``list``, ``revoke``."""
+    from noxblock.auth import DB_NAME, ROLES
+
+    data_dir = argparse.ArgumentParser(add_help=False)
+    data_dir.add_argument(
+        "--data-dir", default="./var", help=f"directory of {DB_NAME} (as `serve --data-dir`; default ./var)"
+    )
+    sub = token.add_subparsers(dest="token_command", required=True)
+    p = sub.add_parser(
+        "create", parents=[data_dir], help="create a token; prints it as the last line, only once"
+    )
+    p.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
+    p.add_argument("--site", help="the site a grid-operator token may set limits for (grid-operator only)")
+    p.set_defaults(func=cmd_token_create)
+    p = sub.add_parser("list", parents=[data_dir], help="id, role, site, created, revoked (never the token)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_token_list)
+    p = sub.add_parser("revoke", parents=[data_dir], help="revoke a token by id (see `token list`)")
+    p.add_argument("id", help="token id")
+    p.set_defaults(func=cmd_token_revoke)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="noxblock", description="Smart charging for city grids.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
@@ -127,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser("serve", help="OCPP 1.6J central system with REST API")
         serve.add_arguments(p)
         p.set_defaults(func=serve.run)
+    add_token_parsers(sub.add_parser("token", help="bearer tokens of the REST API: create, list, revoke"))
     return ap
 
 
