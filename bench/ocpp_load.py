@@ -13,16 +13,33 @@ Phases, each reported on its own line:
    client process) and send BootNotification; done when every point is Accepted and has answered
    the failsafe commands the gateway sends after a boot (GetConfiguration, SetChargingProfile).
    Server RSS (``/proc/<pid>/status`` VmRSS) before and after gives the memory per point.
-2. **target rate**: an open-loop mix of Heartbeat and MeterValues (5 sampled values) at
+2. **echo connections**: the same points connect to a bare ``websockets`` echo server (same
+   options, own process, started with the gateway), which stays idle until phase 4.
+3. **target rate**: an open-loop mix of Heartbeat and MeterValues (5 sampled values) at
    ``--rate`` calls/s over all points, one call in flight per point: p50/p99 round trip.
-3. **max rate**: closed loop, ``--window`` calls in flight in total: the sustainable maximum.
-4. **echo**: a bare ``websockets`` echo server (same options, own process) under the same
-   connections and the same closed loop: the ceiling.
+4. **max rate against the echo ceiling**: closed loop, ``--window`` calls in flight in total, the
+   same calls from the same client processes, alternately against the gateway and the echo server
+   (``--rounds`` pairs in the order G E, E G, G E, ...; each phase ``--max-duration`` seconds after
+   ``--warmup`` seconds that are not counted). The gateway's and the echo's figures are the medians
+   of their phases; the share of echo is the median of the per-round ratios, each from two phases
+   run back to back, so that a neighbour's load on a shared machine hits both sides alike. The
+   server CPU per call (``/proc/<pid>/stat``) of both is reported too, and the load of other
+   processes and the hypervisor's steal time during the phases: figures taken under load are low.
+
+Both sides get exactly the same client work per call: the client recognises its answer by the
+unique id at a fixed place in the frame (``[3,"id",...`` from the gateway, the echoed
+``[2,"id",...``) without parsing the JSON (it parses only what it does not recognise: commands
+from the central system, answers during the boot storm). In the max-rate phases each server
+process runs on CPU 0, the client processes on the other CPUs (``--no-pin`` lets the OS place
+them): left to itself, the scheduler sometimes put the echo server where it ran 1.5x faster than
+in other runs, for a whole run, while the gateway's figure hardly moved. (Pinning reduces that,
+it does not remove it.)
 
 Usage::
 
-    .venv/bin/python bench/ocpp_load.py [--points 5000] [--rate 2000] [--duration 10]
-        [--clients 2] [--security-profile 0|1] [--profile-server]
+    .venv/bin/python bench/ocpp_load.py [--points 5000] [--rate 2000] [--duration 10] [--rounds 5]
+        [--max-duration 5] [--clients 2] [--security-profile 0|1] [--profile-server] [--skip-echo]
+        [--no-pin]
 
 Targets (issue #4, this 2-core machine): 5,000 points; boot storm <= 30 s; 2,000 calls/s with
 p99 <= 100 ms; >= 50 % of the echo throughput; <= 50 KiB per point. The last line is one JSON
@@ -35,6 +52,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -47,6 +65,7 @@ import time
 from collections import deque
 from multiprocessing.connection import Connection
 from pathlib import Path
+from random import randbytes
 from typing import Any
 
 import numpy as np
@@ -167,7 +186,7 @@ except ImportError:  # pragma: no cover - pure-Python fallback
 class _Conn(asyncio.Protocol):
     __slots__ = (
         "buf", "client", "cp_id", "cs_calls", "handshake", "n", "open", "sent_at", "transport", "uid",
-        "waiter",
+        "uid_q", "waiter",
     )  # fmt: skip
 
     def __init__(self, client: LoadClient, cp_id: str) -> None:
@@ -178,6 +197,7 @@ class _Conn(asyncio.Protocol):
         self.handshake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.transport: Any = None
         self.uid: str | None = None
+        self.uid_q: bytes | None = None  # b'"<uid>"', as it appears in the answer
         self.sent_at = 0.0
         self.n = 0
         self.cs_calls = 0
@@ -216,7 +236,7 @@ class _Conn(asyncio.Protocol):
             header = bytes((0x80 | opcode, 0x80 | 126)) + n.to_bytes(2, "big")
         else:
             header = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
-        mask = os.urandom(4)
+        mask = randbytes(4)  # no syscall per frame (a load generator needs no unpredictable masks)
         self.transport.write(header + mask + apply_mask(payload, mask))
 
     def send_text(self, text: str) -> None:
@@ -261,8 +281,19 @@ class _Conn(asyncio.Protocol):
         self.buf = buf
 
 
+_MV = (
+    '[2,"%s","MeterValues",{"connectorId":1,"meterValue":[{"timestamp":"%s","sampledValue":['
+    '{"value":"%d","measurand":"Energy.Active.Import.Register","unit":"Wh"},'
+    '{"value":"16.0","measurand":"Current.Import","phase":"L1","unit":"A"},'
+    '{"value":"16.0","measurand":"Current.Import","phase":"L2","unit":"A"},'
+    '{"value":"16.0","measurand":"Current.Import","phase":"L3","unit":"A"},'
+    '{"value":"11040","measurand":"Power.Active.Import","unit":"W"}]}]}]'
+)
+_HB = '[2,"%s","Heartbeat",{}]'
+
+
 class LoadClient:
-    """One client process: its share of the points and their traffic."""
+    """One client process's connections to one server: its share of the points and their traffic."""
 
     def __init__(self, url: str, ids: list[str], password: str | None, concurrency: int) -> None:
         rest = url.removeprefix("ws://")
@@ -282,52 +313,57 @@ class LoadClient:
         # FIFO, so that the open loop spreads its calls over all points (a LIFO list reused the few
         # points answered last: each then sent far above the gateway's per-point rate limit).
         self.idle: deque[_Conn] = deque()
-        self._base_ms = int(time.time() * 1000)
+        self._base_s = int(time.time())
 
-    def _payload(self, c: _Conn) -> tuple[str, dict[str, Any]]:
-        c.n += 1
+    def _text(self, c: _Conn, uid: str) -> str:
+        """Alternately a Heartbeat and a MeterValues (5 values, a new timestamp each time)."""
         if c.n % 2:
-            return "Heartbeat", {}
-        ts = self._base_ms + c.n * 1000
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts // 1000)) + f".{ts % 1000:03d}Z"
-        values = [
-            {"value": str(1000 + c.n), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
-            {"value": "16.0", "measurand": "Current.Import", "phase": "L1", "unit": "A"},
-            {"value": "16.0", "measurand": "Current.Import", "phase": "L2", "unit": "A"},
-            {"value": "16.0", "measurand": "Current.Import", "phase": "L3", "unit": "A"},
-            {"value": "11040", "measurand": "Power.Active.Import", "unit": "W"},
-        ]
-        return "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": stamp, "sampledValue": values}]}
+            return _HB % uid
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(self._base_s + c.n))
+        return _MV % (uid, stamp, 1000 + c.n)
 
     def send(self, c: _Conn, action: str | None = None, payload: dict[str, Any] | None = None) -> None:
+        c.n += 1
         if action is None or payload is None:
-            action, payload = self._payload(c)
-        c.uid = f"{c.cp_id}.{c.n}.{action[0]}"
+            uid = f"{c.cp_id}.{c.n}"
+            text = self._text(c, uid)
+        else:
+            uid = f"{c.cp_id}.{c.n}.{action[0]}"
+            text = json.dumps([2, uid, action, payload], separators=(",", ":"))
+        c.uid = uid
+        c.uid_q = f'"{uid}"'.encode()
         c.sent_at = time.perf_counter()
-        c.send_text(json.dumps([2, c.uid, action, payload], separators=(",", ":")))
+        c.send_text(text)
 
     def on_text(self, c: _Conn, data: bytes) -> None:
-        frame = json.loads(data)
-        if c.uid is not None and frame[1] == c.uid:  # our answer (or the echo of our CALL)
-            now = time.perf_counter()
-            c.uid = None
-            if frame[0] == 4:
-                self.errors += 1
+        # Our answer ([3,"id",... or [4,"id",...) or the echo of our CALL ([2,"id",...): found by its
+        # id at a fixed place, the same cheap test for the gateway and the echo server.
+        mine = c.uid_q is not None and data.startswith(c.uid_q, 3)
+        if not mine or c.waiter is not None:
+            frame = json.loads(data)
+            mine = c.uid is not None and frame[1] == c.uid
+            if not mine:
+                if frame[0] == 2:  # a command from the central system
+                    c.cs_calls += 1
+                    answer = _CS_ANSWERS.get(frame[2], {"status": "Accepted"})
+                    c.send_text(json.dumps([3, frame[1], answer], separators=(",", ":")))
+                return
             if c.waiter is not None:
+                c.uid = c.uid_q = None
                 waiter, c.waiter = c.waiter, None
                 waiter.set_result(frame)
                 return
-            self.completed += 1
-            if self.latencies is not None:
-                self.latencies.append(now - c.sent_at)
-            if self.closed_loop:
-                self.send(c)
-            else:
-                self.idle.append(c)
-        elif frame[0] == 2:  # a command from the central system
-            c.cs_calls += 1
-            answer = _CS_ANSWERS.get(frame[2], {"status": "Accepted"})
-            c.send_text(json.dumps([3, frame[1], answer], separators=(",", ":")))
+        now = time.perf_counter()
+        c.uid = c.uid_q = None
+        if data[1] == 0x34:  # "4": CALLERROR
+            self.errors += 1
+        self.completed += 1
+        if self.latencies is not None:
+            self.latencies.append(now - c.sent_at)
+        if self.closed_loop:
+            self.send(c)
+        else:
+            self.idle.append(c)
 
     async def connect_all(self, expect_cs_calls: int) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -392,21 +428,30 @@ class LoadClient:
         lat, self.latencies = self.latencies, None
         return {"sent": sent, "completed": self.completed, "skipped": skipped, "elapsed": elapsed, "lat": lat}
 
-    async def run_max(self, window: int, duration_s: float) -> dict[str, Any]:
-        self.latencies, self.completed, self.closed_loop = [], 0, True
+    async def run_max(self, window: int, warmup_s: float, duration_s: float) -> dict[str, Any]:
+        """Closed loop: ``warmup_s`` not counted, then ``duration_s`` counted; then drain."""
+        self.latencies, self.completed, self.closed_loop = None, 0, True
         starters = [self.idle.popleft() for _ in range(min(window, len(self.idle)))]
-        t0 = time.perf_counter()
+        cpu0 = time.process_time()
         for c in starters:
             self.send(c)
+        await asyncio.sleep(warmup_s)
+        self.latencies, counted_from, t0 = [], self.completed, time.perf_counter()
         await asyncio.sleep(duration_s)
-        done, elapsed = self.completed, time.perf_counter() - t0
+        done, elapsed = self.completed - counted_from, time.perf_counter() - t0
+        lat, self.latencies = self.latencies, None
         self.closed_loop = False
         deadline = time.perf_counter() + 10
         while any(c.uid is not None for c in starters) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
         self.idle.extend(c for c in starters if c.uid is None)
-        lat, self.latencies = self.latencies, None
-        return {"completed": done, "elapsed": elapsed, "lat": lat}
+        return {
+            "completed": done,
+            "elapsed": elapsed,
+            "lat": lat,
+            "completed_all": self.completed,  # warm-up and drain included: for the CPU per call
+            "client_cpu_s": time.process_time() - cpu0,
+        }
 
     async def close(self) -> None:
         for c in self.conns:
@@ -417,23 +462,27 @@ class LoadClient:
 
 
 def client_process(
-    conn: Connection, url: str, ids: list[str], password: str | None, concurrency: int
+    conn: Connection, urls: dict[str, str], ids: list[str], password: str | None, concurrency: int
 ) -> None:
     raise_nofile()
 
     async def main() -> None:
-        client = LoadClient(url, ids, password, concurrency)
+        clients = {
+            name: LoadClient(url, ids, password if name == "gateway" else None, concurrency)
+            for name, url in urls.items()
+        }
         loop = asyncio.get_running_loop()
         while True:
-            cmd, args = await loop.run_in_executor(None, conn.recv)
+            cmd, name, args = await loop.run_in_executor(None, conn.recv)
             if cmd == "connect":
-                conn.send(await client.connect_all(*args))
+                conn.send(await clients[name].connect_all(*args))
             elif cmd == "target":
-                conn.send(await client.run_target(*args))
+                conn.send(await clients[name].run_target(*args))
             elif cmd == "max":
-                conn.send(await client.run_max(*args))
+                conn.send(await clients[name].run_max(*args))
             elif cmd == "close":
-                await client.close()
+                for client in clients.values():
+                    await client.close()
                 conn.send({})
                 return
 
@@ -446,6 +495,14 @@ class Run:
         self.ctx = ctx
         self.args = args
 
+    @staticmethod
+    def pin(pids: list[int], cpus: set[int]) -> None:
+        """Run every thread of these processes on ``cpus`` only."""
+        for pid in pids:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                    os.sched_setaffinity(int(tid), cpus)
+
     def start_server(self, target: Any, *args: Any) -> tuple[Any, Connection, int]:
         parent, child = self.ctx.Pipe()
         proc = self.ctx.Process(target=target, args=(child, *args), daemon=True)
@@ -454,7 +511,7 @@ class Run:
         assert msg == "ready"
         return proc, parent, port
 
-    def start_clients(self, url: str, password: str | None) -> list[tuple[Any, Connection]]:
+    def start_clients(self, urls: dict[str, str], password: str | None) -> list[tuple[Any, Connection]]:
         a = self.args
         ids = [point_id(i) for i in range(a.points)]
         clients = []
@@ -462,7 +519,7 @@ class Run:
             parent, child = self.ctx.Pipe()
             proc = self.ctx.Process(
                 target=client_process,
-                args=(child, url, ids[k :: a.clients], password, max(1, a.concurrency // a.clients)),
+                args=(child, urls, ids[k :: a.clients], password, max(1, a.concurrency // a.clients)),
                 daemon=True,
             )
             proc.start()
@@ -470,16 +527,13 @@ class Run:
         return clients
 
     @staticmethod
-    def ask(clients: list[tuple[Any, Connection]], cmd: str, *args: Any) -> list[dict[str, Any]]:
+    def ask(clients: list[tuple[Any, Connection]], cmd: str, name: str, *args: Any) -> list[dict[str, Any]]:
         for _, c in clients:
-            c.send((cmd, args))
+            c.send((cmd, name, args))
         return [c.recv() for _, c in clients]
 
     @staticmethod
-    def stop(proc: Any, conn: Connection, clients: list[tuple[Any, Connection]]) -> dict[str, Any]:
-        Run.ask(clients, "close")
-        for p, _ in clients:
-            p.join(10)
+    def stop_server(proc: Any, conn: Connection) -> dict[str, Any]:
         conn.send("stop")
         _, stats = conn.recv()
         proc.join(30)
@@ -490,21 +544,69 @@ def pct(lat: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(lat) * 1000.0, q)) if lat else float("nan")
 
 
+def busy_cpu_s() -> tuple[float, float]:
+    """CPU seconds the whole machine spent busy (all processes, all cores), and stolen by the
+    hypervisor, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(fields[:3]) + fields[5] + fields[6]  # user, nice, system, irq, softirq
+    return busy / os.sysconf("SC_CLK_TCK"), fields[7] / os.sysconf("SC_CLK_TCK")
+
+
+def max_phase(run: Run, clients: list[tuple[Any, Connection]], name: str, pid: int) -> dict[str, Any]:
+    """One closed-loop max-rate phase against ``name``: throughput, latency, server CPU per call."""
+    a = run.args
+    cpu0, (busy0, steal0) = cpu_s(pid), busy_cpu_s()
+    res = run.ask(clients, "max", name, a.window // a.clients, a.warmup, a.max_duration)
+    server_cpu = cpu_s(pid) - cpu0
+    client_cpu = sum(r["client_cpu_s"] for r in res)
+    busy, steal = (x - x0 for x, x0 in zip(busy_cpu_s(), (busy0, steal0), strict=True))
+    elapsed = max(r["elapsed"] for r in res)
+    calls_all = sum(r["completed_all"] for r in res)
+    lat = [x for r in res for x in r["lat"]]
+    wall = a.warmup + a.max_duration  # about: drain adds a little
+    return {
+        "calls_per_s": sum(r["completed"] for r in res) / elapsed,
+        "p50_ms": pct(lat, 50),
+        "p99_ms": pct(lat, 99),
+        "server_cpu_us_per_call": server_cpu / calls_all * 1e6 if calls_all else float("nan"),
+        "client_cpu_us_per_call": client_cpu / calls_all * 1e6 if calls_all else float("nan"),
+        # Cores busy with anything else than this phase's server and clients (a neighbour's load).
+        "other_cores": max(0.0, (busy - server_cpu - client_cpu) / wall),
+        "steal_cores": steal / wall,  # the hypervisor gave our cores to someone else
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--points", type=int, default=5000, help="simulated charge points (default 5000)")
     ap.add_argument("--rate", type=float, default=2000.0, help="target OCPP calls/s (default 2000)")
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per load phase (default 10)")
-    ap.add_argument("--window", type=int, default=200, help="calls in flight in the max-rate phase")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds at the target rate (default 10)")
+    ap.add_argument("--rounds", type=int, default=5, help="gateway/echo max-rate pairs (default 5)")
+    ap.add_argument("--max-duration", type=float, default=5.0, help="seconds per max phase (default 5)")
+    ap.add_argument("--warmup", type=float, default=1.0, help="uncounted seconds per max phase (default 1)")
+    ap.add_argument("--window", type=int, default=200, help="calls in flight in the max-rate phases")
     ap.add_argument("--clients", type=int, default=2, help="load-generator processes (default 2)")
     ap.add_argument("--concurrency", type=int, default=200, help="handshakes in flight, all clients")
     ap.add_argument("--security-profile", type=int, choices=(0, 1), default=0, help="0 (default) or 1")
     ap.add_argument("--profile-server", action="store_true", help="cProfile the gateway, print to stderr")
     ap.add_argument("--skip-echo", action="store_true", help="do not run the echo ceiling")
+    ap.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the OS place the processes in the max-rate phases (default: each server on CPU 0,"
+        " the clients on the other CPUs, so that the gateway and the echo server get the same core)",
+    )
     a = ap.parse_args(argv)
+    a.pin = (
+        a.pin
+        and hasattr(os, "sched_setaffinity")
+        and len(os.sched_getaffinity(0)) >= 2
+        and 0 in (os.sched_getaffinity(0))
+    )
     nofile = raise_nofile()
-    if nofile < a.points + 100:
-        print(f"open-file limit {nofile} is below {a.points} connections", file=sys.stderr)
+    if nofile < 2 * a.points + 100:
+        print(f"open-file limit {nofile} is below 2 x {a.points} connections", file=sys.stderr)
         return 2
     ctx = mp.get_context("spawn")
     run = Run(ctx, a)
@@ -515,11 +617,14 @@ def main(argv: list[str] | None = None) -> int:
         proc, conn, port = run.start_server(
             gateway_process, a.points, a.security_profile, data_dir, a.profile_server
         )
-        url = f"ws://127.0.0.1:{port}/ocpp/"
+        urls = {"gateway": f"ws://127.0.0.1:{port}/ocpp/"}
+        if not a.skip_echo:
+            echo_proc, echo_conn, echo_port = run.start_server(echo_process)
+            urls["echo"] = f"ws://127.0.0.1:{echo_port}/ocpp/"
         time.sleep(0.5)
         rss0 = rss_kib(proc.pid)
-        clients = run.start_clients(url, password)
-        res = run.ask(clients, "connect", 2)
+        clients = run.start_clients(urls, password)
+        res = run.ask(clients, "connect", "gateway", 2)
         connect_s = max(r["booted"] for r in res) - min(r["t0"] for r in res)
         settled_s = max(r["settled"] for r in res) - min(r["t0"] for r in res)
         refused = sum(r["refused"] for r in res)
@@ -538,8 +643,19 @@ def main(argv: list[str] | None = None) -> int:
             "kib_per_point": round(kib, 1),
         }
 
+        if not a.skip_echo:
+            echo_rss0 = rss_kib(echo_proc.pid)
+            res = run.ask(clients, "connect", "echo", 0)
+            echo_connect = max(r["booted"] for r in res) - min(r["t0"] for r in res)
+            echo_kib = (rss_kib(echo_proc.pid) - echo_rss0) / a.points
+            out |= {"echo_connect_s": round(echo_connect, 2), "echo_kib_per_point": round(echo_kib, 1)}
+            print(
+                f"echo server: {a.points} connections in {echo_connect:.1f} s, {echo_kib:.1f} KiB/connection",
+                flush=True,
+            )
+
         cpu0 = cpu_s(proc.pid)
-        res = run.ask(clients, "target", a.rate / a.clients, a.duration)
+        res = run.ask(clients, "target", "gateway", a.rate / a.clients, a.duration)
         cpu_target = cpu_s(proc.pid) - cpu0
         lat = [x for r in res for x in r["lat"]]
         elapsed = max(r["elapsed"] for r in res)
@@ -559,53 +675,74 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
 
-        cpu0 = cpu_s(proc.pid)
-        res = run.ask(clients, "max", a.window // a.clients, a.duration)
-        cpu_max = cpu_s(proc.pid) - cpu0
-        elapsed = max(r["elapsed"] for r in res)
-        calls = sum(r["completed"] for r in res) / elapsed
-        lat = [x for r in res for x in r["lat"]]
+        # Max rate: gateway and echo alternately (G E, E G, G E, ...), each round a pair back to back.
+        pids = {"gateway": proc.pid} | ({} if a.skip_echo else {"echo": echo_proc.pid})
+        all_cpus = os.sched_getaffinity(0)
+        if a.pin:
+            run.pin(list(pids.values()), {0})
+            run.pin([p.pid for p, _ in clients], all_cpus - {0})
+        phases: dict[str, list[dict[str, Any]]] = {name: [] for name in pids}
+        ratios = []
+        for r in range(a.rounds):
+            order = list(pids) if r % 2 == 0 else list(reversed(pids))
+            for name in order:
+                m = max_phase(run, clients, name, pids[name])
+                phases[name].append(m)
+                print(
+                    f"max rate, round {r + 1}, {name:7s} ({a.window} in flight):"
+                    f" {m['calls_per_s']:.0f} calls/s, p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms;"
+                    f" server {m['server_cpu_us_per_call']:.0f} us CPU/call,"
+                    f" clients {m['client_cpu_us_per_call']:.0f} us/call,"
+                    f" other load {m['other_cores']:.2f} cores, steal {m['steal_cores']:.2f}",
+                    flush=True,
+                )
+            if "echo" in phases:
+                ratios.append(phases["gateway"][-1]["calls_per_s"] / phases["echo"][-1]["calls_per_s"])
+
+        def med(name: str, key: str) -> float:
+            return float(np.median([m[key] for m in phases[name]]))
+
         out |= {
-            "calls_per_s": round(calls, 1),
-            "max_p50_ms": round(pct(lat, 50), 2),
-            "max_p99_ms": round(pct(lat, 99), 2),
-            "server_cpu_at_max": round(cpu_max / elapsed, 2),
+            "calls_per_s": round(med("gateway", "calls_per_s"), 1),
+            "max_p50_ms": round(med("gateway", "p50_ms"), 2),
+            "max_p99_ms": round(med("gateway", "p99_ms"), 2),
+            "server_cpu_us_per_call": round(med("gateway", "server_cpu_us_per_call"), 1),
+            "calls_per_s_rounds": [round(m["calls_per_s"], 1) for m in phases["gateway"]],
         }
-        print(
-            f"max rate ({a.window} in flight): {calls:.0f} calls/s, p50 {pct(lat, 50):.1f} ms,"
-            f" p99 {pct(lat, 99):.1f} ms; server CPU {cpu_max / elapsed:.0%}",
-            flush=True,
-        )
-        stats = run.stop(proc, conn, clients)
+        if a.pin:
+            run.pin([*pids.values(), *(p.pid for p, _ in clients)], all_cpus)
+        Run.ask(clients, "close", "")
+        for p, _ in clients:
+            p.join(10)
+        stats = run.stop_server(proc, conn)
         out["server_messages"] = stats.get("messages")
         out["server_throttled"] = stats.get("throttled")
         with open(os.path.join(data_dir, "gateway.log")) as f:
             out["server_log_lines"] = sum(1 for _ in f)
-
-    if not a.skip_echo:
-        proc, conn, port = run.start_server(echo_process)
-        time.sleep(0.3)
-        rss0 = rss_kib(proc.pid)
-        clients = run.start_clients(f"ws://127.0.0.1:{port}/ocpp/", None)
-        res = run.ask(clients, "connect", 0)
-        echo_connect = max(r["booted"] for r in res) - min(r["t0"] for r in res)
-        rss1 = rss_kib(proc.pid)
-        res = run.ask(clients, "max", a.window // a.clients, a.duration)
-        elapsed = max(r["elapsed"] for r in res)
-        echo = sum(r["completed"] for r in res) / elapsed
-        lat = [x for r in res for x in r["lat"]]
-        run.stop(proc, conn, clients)
-        out |= {
-            "echo_calls_per_s": round(echo, 1),
-            "echo_connect_s": round(echo_connect, 2),
-            "echo_kib_per_point": round((rss1 - rss0) / a.points, 1),
-            "share_of_echo": round(out["calls_per_s"] / echo, 3) if echo else None,
-        }
-        print(
-            f"echo ceiling: {echo:.0f} calls/s (p99 {pct(lat, 99):.1f} ms), connect {echo_connect:.1f} s,"
-            f" {(rss1 - rss0) / a.points:.1f} KiB/connection; gateway reaches {out['share_of_echo']:.0%}",
-            flush=True,
-        )
+        if not a.skip_echo:
+            run.stop_server(echo_proc, echo_conn)
+            share = float(np.median(ratios))
+            cpu_share = med("echo", "server_cpu_us_per_call") / med("gateway", "server_cpu_us_per_call")
+            out |= {
+                "echo_calls_per_s": round(med("echo", "calls_per_s"), 1),
+                "echo_calls_per_s_rounds": [round(m["calls_per_s"], 1) for m in phases["echo"]],
+                "echo_cpu_us_per_call": round(med("echo", "server_cpu_us_per_call"), 1),
+                "share_of_echo": round(share, 3),
+                "share_of_echo_rounds": [round(x, 3) for x in ratios],
+                "cpu_share_of_echo": round(cpu_share, 3),
+            }
+            print(
+                f"max rate, medians of {a.rounds} rounds: gateway {out['calls_per_s']:.0f} calls/s,"
+                f" echo {out['echo_calls_per_s']:.0f} calls/s; the gateway reaches {share:.0%} of the echo"
+                f" (per round {', '.join(f'{x:.0%}' for x in ratios)}); server CPU per call"
+                f" {out['server_cpu_us_per_call']:.0f} us vs {out['echo_cpu_us_per_call']:.0f} us"
+                f" ({cpu_share:.0%})",
+                flush=True,
+            )
+        for key in ("other_cores", "steal_cores"):
+            out[f"{key.removesuffix('_cores')}_load_cores"] = round(
+                float(np.median([m[key] for ms in phases.values() for m in ms])), 2
+            )
     out["machine"] = f"{platform.machine()} {os.cpu_count()} cpu, Python {platform.python_version()}"
     # The machine may be shared: a load average above the core count means the figures are low.
     out["load_avg_1m"] = round(os.getloadavg()[0], 2)

@@ -9,7 +9,10 @@ HTTP Basic auth; its password is kept only as a salted hash. Points without one 
 unauthenticated (security profile 0), which is allowed only when the site file has such points
 or ``--allow-unauthenticated`` is given, with a warning. ``--tls-cert/--tls-key`` serve ``wss://``
 (profile 2); ``--tls-client-ca`` also accepts client certificates whose common name is the charge
-point id (profile 3).
+point id (profile 3). ``--ca-cert/--ca-key`` let the gateway sign the certificates points ask for
+(SignCertificate). The handshake limits (lockouts after failed logins, new connections per address)
+have options for what a site most often changes; the rest keep ``GatewayConfig``'s defaults. A bad
+value exits with code 2 and a message naming the option.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -28,11 +32,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from noxblock.api import API_PREFIX, create_app
 from ocpp_gateway import Gateway, GatewayConfig, KnownChargePoint, SqliteStorage, hash_password
+from ocpp_gateway.certificates import load_authority
+from ocpp_gateway.errors import ConfigError
 
 __all__ = ["Services", "add_arguments", "build_config", "run", "start_services"]
 
@@ -73,6 +80,84 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", help="server certificate (PEM): serve wss:// (security profile 2)")
     parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", help="CA (PEM) for client certificates (security profile 3)")
+    ca = parser.add_argument_group("certificate authority (security extension: SignCertificate)")
+    ca.add_argument(
+        "--ca-cert",
+        metavar="PEM",
+        help="CA certificate (PEM, then any parents) that signs charge point certificates; with --ca-key."
+        " Without them every SignCertificate is answered Rejected",
+    )
+    ca.add_argument("--ca-key", metavar="PEM", help="unencrypted private key (PEM) of --ca-cert")
+    ca.add_argument(
+        "--certificate-lifetime-days",
+        type=int,
+        metavar="DAYS",
+        default=_default("certificate_lifetime_days"),
+        help="validity of an issued certificate [days], never beyond the CA's own (default %(default)s)",
+    )
+    limits = parser.add_argument_group("handshake limits (credential guessing, connection floods)")
+    window = _default("lockout_window_s")
+    limits.add_argument(
+        "--lockout-failures",
+        type=int,
+        metavar="N",
+        default=_default("lockout_failures"),
+        help=f"failed authentications of one charge point id within {window:g} s after which its"
+        " handshakes are refused for --lockout-s [count]; 0 = off (default %(default)s)",
+    )
+    limits.add_argument(
+        "--lockout-s",
+        type=float,
+        metavar="S",
+        default=_default("lockout_s"),
+        help=f"length of a first lockout [s]; each one that follows soon after doubles, up to"
+        f" {_default('lockout_max_s'):g} s or this (default %(default)g)",
+    )
+    limits.add_argument(
+        "--ip-lockout-failures",
+        type=int,
+        metavar="N",
+        default=_default("ip_lockout_failures"),
+        help="the same per remote address (IPv6: per /64), over all ids [count]; 0 = off, for sites"
+        " whose points share one NAT address (default %(default)s)",
+    )
+    limits.add_argument(
+        "--handshake-rate-per-s",
+        type=float,
+        metavar="RATE",
+        default=_default("handshake_rate_per_s"),
+        help="new connections per remote address beyond which the handshake gets 429"
+        " [connections/s]; 0 = off (default %(default)g)",
+    )
+    limits.add_argument(
+        "--handshake-burst",
+        type=int,
+        metavar="N",
+        default=_default("handshake_burst"),
+        help="connections one address may open at once before --handshake-rate-per-s applies"
+        " [connections] (default %(default)s)",
+    )
+
+
+#: The option that sets each ``GatewayConfig`` field, to name it in an error message.
+_FLAGS = {
+    "heartbeat_interval_s": "--heartbeat-interval",
+    "failsafe_current_a": "--failsafe-current-a",
+    "ca_cert_path": "--ca-cert",
+    "ca_key_path": "--ca-key",
+    "certificate_lifetime_days": "--certificate-lifetime-days",
+    "lockout_failures": "--lockout-failures",
+    "lockout_s": "--lockout-s",
+    "lockout_max_s": "--lockout-s",  # must be at least lockout_s
+    "ip_lockout_failures": "--ip-lockout-failures",
+    "handshake_rate_per_s": "--handshake-rate-per-s",
+    "handshake_burst": "--handshake-burst",
+}
+
+
+def _default(field: str) -> Any:
+    """A ``GatewayConfig`` default, so that the options and the class cannot disagree."""
+    return next(f.default for f in dataclasses.fields(GatewayConfig) if f.name == field)
 
 
 def _hash_all(passwords: dict[str, str]) -> dict[str, str]:
@@ -116,7 +201,10 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
             "%d charge points have no password in %s (%s%s): security profile 0 allowed",
             len(open_points), args.site, ", ".join(open_points[:5]), ", ..." if len(open_points) > 5 else "",
         )  # fmt: skip
-    return GatewayConfig(
+    for field, path in (("ca_cert_path", args.ca_cert), ("ca_key_path", args.ca_key)):
+        if path is not None and not os.path.isfile(path):
+            raise ConfigError(field, f"no such file: {path}")
+    config = GatewayConfig(
         charge_points=points,
         unknown_policy=args.unknown,
         allow_profile_0=bool(open_points) or args.allow_unauthenticated,
@@ -124,7 +212,20 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
         voltage_v=float(loaded.site.voltage_v),
         failsafe_current_a=args.failsafe_current_a if args.failsafe_current_a >= 0 else None,
         ssl_context=_tls_context(args),
+        ca_cert_path=args.ca_cert,
+        ca_key_path=args.ca_key,
+        certificate_lifetime_days=args.certificate_lifetime_days,
+        lockout_failures=args.lockout_failures,
+        lockout_s=args.lockout_s,
+        # A longer first lockout than the default cap raises the cap with it.
+        lockout_max_s=max(_default("lockout_max_s"), args.lockout_s),
+        ip_lockout_failures=args.ip_lockout_failures,
+        handshake_rate_per_s=args.handshake_rate_per_s,
+        handshake_burst=args.handshake_burst,
     )
+    # Read the CA now, so that unusable files stop the start with exit code 2, not a traceback.
+    load_authority(config.ca_cert_path, config.ca_key_path, lifetime_days=config.certificate_lifetime_days)
+    return config
 
 
 class _Uvicorn(uvicorn.Server):
@@ -211,8 +312,14 @@ def run(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("noxblock serve: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if bool(args.ca_cert) != bool(args.ca_key):
+        print("noxblock serve: --ca-cert and --ca-key go together", file=sys.stderr)
+        return 2
     try:
         config = build_config(args)
+    except ConfigError as e:
+        print(f"noxblock serve: {_FLAGS.get(e.field, e.field)}: {e.message}", file=sys.stderr)
+        return 2
     except (InputError, OSError, ssl.SSLError, ValueError) as e:
         print(f"noxblock serve: {e}", file=sys.stderr)
         return 2

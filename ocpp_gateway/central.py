@@ -17,7 +17,6 @@ the security events.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +37,6 @@ from ocpp_gateway.states import (
 from ocpp_gateway.storage import (
     CertificateRequestStatus,
     ConnectorRecord,
-    MeterValueRecord,
     NotificationRecord,
     SecurityEventRecord,
     Storage,
@@ -290,32 +288,17 @@ class CentralSystem:
         *,
         check: bool,
     ) -> None:
-        rows: list[MeterValueRecord] = []
-        append, cp_id, isfinite = rows.append, state.id, math.isfinite  # hot loop: thousands/s
+        replayed = 0
         for mv in meter_values:
             ts = parse_datetime(mv["timestamp"])
-            for sv in mv["sampledValue"]:
-                value = sv["value"]
-                try:
-                    num: float | None = float(value)
-                    if not isfinite(num):  # type: ignore[arg-type]
-                        num = None
-                except ValueError:
-                    num = None  # SignedData and other non-numeric formats: keep the text
-                get = sv.get
-                append(
-                    MeterValueRecord(
-                        cp_id, connector_id, transaction_id, ts,
-                        get("measurand", "Energy.Active.Import.Register"), get("phase"),
-                        get("location", "Outlet"), get("context", "Sample.Periodic"),
-                        get("unit", "Wh"), value, num,
-                    )
-                )  # fmt: skip
+            sampled = mv["sampledValue"]
+            replayed += len(sampled) - self.storage.add_meter_value(
+                state.id, connector_id, transaction_id, ts, sampled
+            )
             if check and state.dispatched:
-                self._check_compliance(state, connector_id, ts, mv["sampledValue"])
-        inserted = self.storage.add_meter_values(rows)
-        if inserted < len(rows):
-            log.info("[%s] %d replayed meter values ignored", state.id, len(rows) - inserted)
+                self._check_compliance(state, connector_id, ts, sampled)
+        if replayed:
+            log.info("[%s] %d replayed meter values ignored", state.id, replayed)
 
     def _check_compliance(
         self, state: PointState, connector_id: int, ts: datetime, sampled: list[dict[str, Any]]

@@ -20,6 +20,8 @@ Tree::
     │   └── ConnectionLost            the connection closed or was replaced while waiting
     ├── ConfigError                   invalid gateway configuration (``field`` names it)
     ├── PlanError                     a current plan handed to dispatch makes no sense
+    ├── CertificateError              a certificate, CSR or key that cannot be used (``reason``);
+    │                                 defined in :mod:`ocpp_gateway.certificates`
     └── StorageError                  the database is unusable (wrong schema version, ...)
 
 Class names follow the OCPP wire codes, not the ``...Error`` convention.

@@ -342,6 +342,7 @@ class Gateway:
         self._gc_frozen_at: int | None = None  # connections when we last froze, None: not frozen
         self._gc_frozen_since = 0.0
         self.stats: dict[str, int] = {"messages": 0, "bad_frames": 0, "throttled": 0}
+        self._rate, self._burst = float(config.rate_limit_per_s), float(config.rate_limit_burst)
         self._min_profiles: dict[str, int] = {}  # read from the store on a point's first handshake
         # requestId of GetLog / SignedUpdateFirmware: from the wall clock, so unique across restarts.
         self._request_ids = itertools.count(int(time.time()) % 2_000_000_000)
@@ -647,14 +648,14 @@ class Gateway:
     def _take_token(self, conn: _Connection) -> bool:
         """Take a token from the point's bucket if one is free (the common case: no await)."""
         now = time.monotonic()
-        conn.tokens = min(
-            float(self.config.rate_limit_burst),
-            conn.tokens + (now - conn.refill_at) * self.config.rate_limit_per_s,
-        )
+        tokens = conn.tokens + (now - conn.refill_at) * self._rate
         conn.refill_at = now
-        if conn.tokens < 1.0:
+        if tokens > self._burst:
+            tokens = self._burst
+        if tokens < 1.0:
+            conn.tokens = tokens
             return False
-        conn.tokens -= 1.0
+        conn.tokens = tokens - 1.0
         return True
 
     async def _throttle(self, conn: _Connection) -> None:

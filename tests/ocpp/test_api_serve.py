@@ -17,9 +17,12 @@ from fastapi.testclient import TestClient
 from ocpp_helpers import T0, basic_auth, gateway_config
 from websockets.asyncio.client import connect
 
+from noxblock import serve
 from noxblock.api import create_app
+from noxblock.cli import main as noxblock_main
 from noxblock.serve import DB_NAME, add_arguments, build_config, start_services
-from ocpp_gateway import SqliteStorage
+from ocpp_gateway import GatewayConfig, SqliteStorage
+from ocpp_gateway.certificates import make_ca
 
 SITE = """
 [site]
@@ -203,3 +206,69 @@ def test_serve_bad_site_file_exits_2(tmp_path: Path, capsys):
     Path(args.site).write_text("[site]\nid = 3\n")
     assert run(args) == 2
     assert "site.toml" in capsys.readouterr().err
+
+
+LIMITS = ("lockout_failures", "lockout_s", "ip_lockout_failures", "handshake_rate_per_s", "handshake_burst")
+
+
+def test_serve_ca_and_handshake_limit_options_reach_the_config(tmp_path: Path):
+    cert, key = make_ca()
+    (tmp_path / "ca.pem").write_text(cert)
+    (tmp_path / "ca.key").write_text(key)
+    ca = ["--ca-cert", str(tmp_path / "ca.pem"), "--ca-key", str(tmp_path / "ca.key")]
+    config = build_config(
+        serve_args(
+            tmp_path, *ca, "--certificate-lifetime-days", "30", "--lockout-failures", "3",
+            "--lockout-s", "7200", "--ip-lockout-failures", "0", "--handshake-rate-per-s", "0",
+            "--handshake-burst", "50",
+        )
+    )  # fmt: skip
+    assert (config.ca_cert_path, config.ca_key_path) == (ca[1], ca[3])
+    assert config.certificate_lifetime_days == 30
+    assert [getattr(config, f) for f in LIMITS] == [3, 7200.0, 0, 0.0, 50]
+    assert config.lockout_max_s == 7200.0  # a first lockout longer than the cap raises the cap
+
+    defaults, plain = GatewayConfig(), build_config(serve_args(tmp_path))
+    assert (plain.ca_cert_path, plain.ca_key_path) == (None, None)
+    for field in (*LIMITS, "lockout_max_s", "certificate_lifetime_days"):
+        assert getattr(plain, field) == getattr(defaults, field), field
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--lockout-failures", "-1"], "--lockout-failures"),
+        (["--lockout-failures", "five"], "--lockout-failures"),  # argparse's own check
+        (["--lockout-s", "0"], "--lockout-s"),
+        (["--ip-lockout-failures", "-3"], "--ip-lockout-failures"),
+        (["--handshake-rate-per-s", "-5"], "--handshake-rate-per-s"),
+        (["--handshake-rate-per-s", "nan"], "--handshake-rate-per-s"),
+        (["--handshake-burst", "0"], "--handshake-burst"),
+        (["--certificate-lifetime-days", "0"], "--certificate-lifetime-days"),
+        (["--ca-cert", "ca.pem"], "--ca-key"),  # one without the other
+        (["--ca-cert", "missing.pem", "--ca-key", "missing.key"], "--ca-cert"),
+    ],
+)
+def test_serve_bad_option_exits_2_naming_it(tmp_path: Path, capsys, monkeypatch, extra, flag):
+    async def must_not_start(*_: object) -> None:
+        raise AssertionError("serve started with a bad option")
+
+    monkeypatch.setattr(serve, "_serve", must_not_start)
+    args = serve_args(tmp_path)
+    argv = ["serve", "--site", args.site, "--data-dir", args.data_dir, "--port", "0", "--api-port", "0"]
+    try:
+        code = noxblock_main([*argv, *extra])
+    except SystemExit as e:  # argparse refuses what is not even a number
+        code = e.code
+    assert code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_serve_unusable_ca_key_exits_2_naming_the_ca(tmp_path: Path, capsys):
+    cert, _ = make_ca()
+    _, other_key = make_ca("another CA")
+    (tmp_path / "ca.pem").write_text(cert)
+    (tmp_path / "ca.key").write_text(other_key)
+    args = serve_args(tmp_path, "--ca-cert", str(tmp_path / "ca.pem"), "--ca-key", str(tmp_path / "ca.key"))
+    assert serve.run(args) == 2
+    assert "--ca-cert" in capsys.readouterr().err

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import base64
+import glob
 import json
+import os
 
+import fastjsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ocpp_gateway import frames as ocpp_frames
 from ocpp_gateway import hash_password, verify_password
 from ocpp_gateway.frames import Call, CallError, CallResult, parse, parse_datetime, serialize
 from ocpp_gateway.protocol import AnswerReceived, CallReceived, Dropped, OcppProtocol, ReplyNeeded
@@ -82,6 +86,48 @@ def reply_code(text: str | bytes) -> str:
 )
 def test_bad_calls_get_the_prescribed_callerror(text, code):
     assert reply_code(text) == code
+
+
+def _without_multiple_of(node):
+    if isinstance(node, dict):
+        return {k: _without_multiple_of(v) for k, v in node.items() if k != "multipleOf"}
+    return [_without_multiple_of(v) for v in node] if isinstance(node, list) else node
+
+
+def _outcome(validate, payload):
+    try:
+        validate(payload)
+    except fastjsonschema.JsonSchemaValueException as e:
+        return e.rule, e.name, e.message
+    return None
+
+
+def test_schemas_compiled_our_way_answer_as_fastjsonschema_does():
+    """Enums compiled to set lookups (and no ``additionalProperties`` on strings) change the speed,
+    not one verdict or message of plain fastjsonschema on the schemas."""
+    sample = {"value": "1", "measurand": "Current.Import", "phase": "L1", "unit": "A", "context": "Trigger"}
+    meter = {"connectorId": 1, "meterValue": [{"timestamp": "2024-01-15T17:00", "sampledValue": [sample]}]}
+    status = {"connectorId": 1, "errorCode": "NoError", "status": "Available"}
+    cases: dict[str, list[dict]] = {
+        "MeterValues": [
+            meter,
+            *(
+                {**meter, "meterValue": [{**meter["meterValue"][0], "sampledValue": [{**sample, key: bad}]}]}
+                for key in ("measurand", "phase", "unit", "context", "location", "format")
+                for bad in ("Nap", 3, ["L1"], {"a": 1}, None, True, "l1")
+            ),
+        ],
+        "StatusNotification": [status, *({**status, "status": bad} for bad in ("Nap", 1, True, None))],
+    }
+    schema_dir, validator = ocpp_frames._SCHEMA_DIR, ocpp_frames._validator
+    names = sorted(os.path.basename(p)[: -len(".json")] for p in glob.glob(f"{schema_dir}/*.json"))
+    assert len(names) > 50
+    for name in names:
+        with open(f"{schema_dir}/{name}.json", encoding="utf-8-sig") as f:
+            schema = _without_multiple_of(json.load(f))
+        stock = fastjsonschema.compile(schema, formats=ocpp_frames._FORMATS, use_default=False)
+        for payload in [{}, {"unknown": 1}, *cases.get(name, [])]:
+            assert _outcome(validator(name), payload) == _outcome(stock, payload), (name, payload)
 
 
 def test_unreadable_unique_id_is_answered_with_minus_one():
@@ -193,3 +239,27 @@ def test_call_errors_echo_the_unique_id(unique_id, payload):
     event = OcppProtocol().receive(json.dumps([2, unique_id, "BootNotification", payload]))
     if isinstance(event, ReplyNeeded):
         assert json.loads(event.text)[1] == unique_id
+
+
+def _loads_outcome(loads, text):
+    try:
+        return "ok", repr(loads(text))
+    except (ValueError, RecursionError) as e:
+        return "error", type(e).__name__
+
+
+json_documents = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_documents, st.sampled_from(["", " ", "\n"]), st.sampled_from(["", " ", "x", "]"]))
+def test_json_shortcuts_answer_as_the_json_module_does(value, before, after):
+    standard = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+    text = ocpp_frames.encode_json(value)
+    assert text == standard(value)
+    for candidate in (before + text + after, text[:-1], "\ufeff" + text):
+        assert _loads_outcome(ocpp_frames.decode_json, candidate) == _loads_outcome(json.loads, candidate)

@@ -22,6 +22,7 @@ from ocpp_gateway import (
     SqliteStorage,
     hash_password,
 )
+from ocpp_gateway.storage import MIGRATIONS
 
 pytestmark = pytest.mark.asyncio
 
@@ -179,7 +180,7 @@ async def test_restart_loses_nothing(tmp_path: Path, make_cp):
     gw.storage.close()
 
     reopened = SqliteStorage(db)
-    assert reopened.schema_version == 2
+    assert reopened.schema_version == len(MIGRATIONS)
     assert reopened.charge_point("CP01").registration_status == "Accepted"
     assert reopened.charge_point("CP01").last_seen is not None
     assert reopened.connectors("CP01")[0].status == "Charging"

@@ -268,10 +268,10 @@ async def test_ocpp_rpc_accepts_every_command(make_gateway, node_cp) -> None:
     # Remote stop, then a remote start with a TxProfile; the point's follow-up messages validate too.
     assert await gw.remote_stop_transaction("CP01", tx_id) == RemoteStartStopStatus.accepted
     await cp.wait_for(lambda e: e["event"] == "result" and e["method"] == "StopTransaction")
+    # No transaction id: the transaction does not exist yet (OCPP 1.6 5.11), and none is sent.
     start_profile = ChargingProfile(
         profile_id=9, stack_level=1, purpose="TxProfile", rate_unit="A",
         periods=(SchedulePeriod(0, 10.0),), kind="Relative", duration_s=7200,
-        transaction_id=0,  # the gateway's API insists on one (as in TC_059); the spec says MAY
     )  # fmt: skip
     status = await gw.remote_start_transaction(
         "CP01", "XCHECK-TAG", connector_id=1, charging_profile=start_profile
