@@ -13,6 +13,11 @@ point id (profile 3). ``--ca-cert/--ca-key`` let the gateway sign the certificat
 (SignCertificate). The handshake limits (lockouts after failed logins, new connections per address)
 have options for what a site most often changes; the rest keep ``GatewayConfig``'s defaults. A bad
 value exits with code 2 and a message naming the option.
+
+Every point's failsafe profile is its share of the site file's limits (``models.failsafe``), at
+most ``--failsafe-current-a``. The REST API also takes the site's grid-operator limits
+(``PUT /api/v1/sites/{site}/limits``, bearer tokens from ``noxblock token create`` on the same
+``--data-dir``; :mod:`noxblock.api_limits`).
 """
 
 from __future__ import annotations
@@ -34,9 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import uvicorn
 
 from noxblock.api import API_PREFIX, create_app
+from noxblock.api_limits import add_access_routes
+from noxblock.auth import open_stores
 from ocpp_gateway import Gateway, GatewayConfig, KnownChargePoint, SqliteStorage, hash_password
 from ocpp_gateway.certificates import load_authority
 from ocpp_gateway.errors import ConfigError
@@ -71,8 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--failsafe-current-a",
         type=float,
-        default=6.0,
-        help="per-phase limit of the failsafe profile installed at boot [A]; negative: none (default 6)",
+        default=32.0,
+        help="largest per-phase limit of the failsafe profiles installed at boot [A]; each point "
+        "gets at most its share of the site's limits (0 where that is under its minimum); "
+        "negative: none (default 32)",
     )
     parser.add_argument(
         "--heartbeat-interval", type=int, default=300, help="heartbeat interval [s] (default 300)"
@@ -189,9 +199,14 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
 
     loaded = load_site(args.site)
     hashes = _hash_all(dict(loaded.passwords))
+    failsafe = _failsafe_currents_a(loaded)
     points = tuple(
         KnownChargePoint(
-            cp.id, password_hash=hashes.get(cp.id), phases=cp.phases, max_current_a=cp.max_current_a
+            cp.id,
+            password_hash=hashes.get(cp.id),
+            phases=cp.phases,
+            max_current_a=cp.max_current_a,
+            failsafe_current_a=failsafe[cp.id],
         )
         for cp in loaded.site.charge_points
     )
@@ -228,6 +243,23 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
     return config
 
 
+def _failsafe_currents_a(loaded: Any) -> dict[str, float]:
+    """Per point: the failsafe that keeps every limit of the site with every point at it, under
+    the largest base load of the site file (``models.failsafe``)."""
+    from models.failsafe import failsafe_currents_a
+
+    base = None
+    if loaded.base_load is not None:
+        cols = [loaded.base_load.columns[c] for c in ("l1_a", "l2_a", "l3_a")]
+        base = [float(np.nanmax(c)) if np.isfinite(c).any() else 0.0 for c in cols]
+    out = failsafe_currents_a(loaded.site, base)
+    log.info(
+        "failsafe profiles: %s",
+        ", ".join(f"{cp} {a:g} A" for cp, a in list(out.items())[:8]) + (", ..." if len(out) > 8 else ""),
+    )
+    return out
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: the serve loop owns SIGINT/SIGTERM."""
 
@@ -245,6 +277,7 @@ class Services:
     api_host: str
     _api: _Uvicorn
     _api_task: asyncio.Task[None]
+    _stores: tuple[Any, ...] = ()
 
     @property
     def api_url(self) -> str:
@@ -257,6 +290,8 @@ class Services:
             await self._api_task
         await self.gateway.stop()
         self.gateway.storage.close()
+        for store in self._stores:
+            store.close()
 
 
 async def start_services(
@@ -266,8 +301,13 @@ async def start_services(
     host: str = "127.0.0.1",
     port: int = 9000,
     api_port: int = 8000,
+    site_id: str | None = None,
 ) -> Services:
-    """Open the store in ``data_dir``, start the OCPP server and the REST API (ports may be 0)."""
+    """Open the stores in ``data_dir``, start the OCPP server and the REST API (ports may be 0).
+
+    With ``site_id`` the API also takes that site's grid-operator limits (bearer tokens from
+    ``noxblock token create --data-dir`` the same directory; see :mod:`noxblock.api_limits`).
+    """
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     storage = SqliteStorage(Path(data_dir) / DB_NAME)
     gateway = Gateway(config, storage)
@@ -279,18 +319,29 @@ async def start_services(
     sock.bind((host, api_port))
     sock.listen(128)
     sock.setblocking(False)
-    server = _Uvicorn(
-        uvicorn.Config(create_app(gateway), log_level="warning", lifespan="off", access_log=False)
-    )
+    app = create_app(gateway)
+    stores: tuple[Any, ...] = ()
+    if site_id is not None:
+        tokens, limits = open_stores(data_dir)
+        add_access_routes(app, tokens, limits, {site_id: config.voltage_v})
+        stores = (tokens, limits)
+    server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    services = Services(gateway, sock.getsockname()[1], host, server, task)
+    services = Services(gateway, sock.getsockname()[1], host, server, task, stores)
     log.info("OCPP on %s, REST API on %s", gateway.url, services.api_url)
     return services
 
 
 async def _serve(config: GatewayConfig, args: argparse.Namespace) -> None:
+    from scheduler.loaders import load_site
+
     services = await start_services(
-        config, args.data_dir, host=args.host, port=args.port, api_port=args.api_port
+        config,
+        args.data_dir,
+        host=args.host,
+        port=args.port,
+        api_port=args.api_port,
+        site_id=load_site(args.site).site.id,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

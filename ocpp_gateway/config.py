@@ -36,16 +36,26 @@ class KnownChargePoint:
         Phases wired to the point, 1 or 3.
     max_current_a
         Per-phase maximum of the point [A], or None if unknown.
+    failsafe_current_a
+        Per-phase limit of this point's failsafe profile [A], at most ``GatewayConfig``'s;
+        None: ``GatewayConfig.failsafe_current_a``. The service sets it so that the site's
+        limits hold with every point at its failsafe (``models.failsafe``).
     """
 
     id: str
     password_hash: str | None = None
     phases: int = 3
     max_current_a: float | None = None
+    failsafe_current_a: float | None = None
 
     def __post_init__(self) -> None:
         if not CHARGE_POINT_ID_RE.match(self.id):
             raise ConfigError("charge_points.id", f"invalid charge point id {self.id!r}")
+        a = self.failsafe_current_a
+        if a is not None and not (isinstance(a, int | float) and 0 <= a < 1000):
+            raise ConfigError(
+                f"charge_points[{self.id}].failsafe_current_a", f"must be in [0, 1000) A, got {a!r}"
+            )
         if self.phases not in (1, 3):
             raise ConfigError(f"charge_points[{self.id}].phases", f"must be 1 or 3, got {self.phases}")
         if self.max_current_a is not None and not (

@@ -1336,10 +1336,14 @@ class Gateway:
         return units, max_periods
 
     async def install_failsafe(self, charge_point_id: str) -> ChargingProfileStatus:
-        """Install the conservative failsafe profile (``config.failsafe_current_a``) on connector 0."""
+        """Install the conservative failsafe profile on connector 0: the point's own
+        ``failsafe_current_a`` if it has one (never above the config's), else the config's."""
         limit_a = self.config.failsafe_current_a
         if limit_a is None:
             raise GatewayError("failsafe_current_a is not configured")
+        known = self.config.known(charge_point_id)
+        if known is not None and known.failsafe_current_a is not None:
+            limit_a = min(limit_a, known.failsafe_current_a)
         units, _ = await self.smart_charging_caps(charge_point_id)
         state = self.central.point(charge_point_id)
         profile = failsafe_profile(

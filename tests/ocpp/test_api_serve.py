@@ -19,6 +19,7 @@ from websockets.asyncio.client import connect
 
 from noxblock import serve
 from noxblock.api import create_app
+from noxblock.auth import open_stores
 from noxblock.cli import main as noxblock_main
 from noxblock.serve import DB_NAME, add_arguments, build_config, start_services
 from ocpp_gateway import GatewayConfig, SqliteStorage
@@ -142,6 +143,44 @@ def test_site_file_makes_known_points_with_hashed_passwords(tmp_path: Path):
     assert lp02.password_hash is None and lp02.phases == 1
     assert config.allow_profile_0  # LP02 has no password
     assert config.known("LP99") is None
+
+
+def test_each_point_gets_its_share_of_the_site_limit_as_failsafe(tmp_path: Path):
+    # 20 A per phase: LP01 (3-phase) and LP02 (1-phase on L1) share L1, 10 A each.
+    args = serve_args(tmp_path)
+    site = Path(args.site)
+    site.write_text(site.read_text().replace("max_current_a = 63.0", "max_current_a = 20.0"))
+    config = build_config(args)
+    assert config.known("LP01").failsafe_current_a == 10.0
+    assert config.known("LP02").failsafe_current_a == 10.0
+    # 11 A: 5.5 A each is under the 6 A minimum, so no charging without the central system.
+    site.write_text(site.read_text().replace("max_current_a = 20.0", "max_current_a = 11.0"))
+    config = build_config(args)
+    assert config.known("LP01").failsafe_current_a == 0.0 and config.known("LP02").failsafe_current_a == 0.0
+
+
+@pytest.mark.asyncio
+async def test_grid_operator_sets_a_limit_on_the_served_api(tmp_path: Path):
+    tokens, limits = open_stores(tmp_path)
+    _, token = tokens.create("grid-operator", "test-street")
+    _, other = tokens.create("grid-operator", "elsewhere")
+    tokens.close()
+    limits.close()
+    services = await start_services(gateway_config(), tmp_path, port=0, api_port=0, site_id="test-street")
+    try:
+        body = {"blocks": [{"start": "2024-01-15T16:00:00+01:00", "end": None, "max_current_a": 40.0}]}
+        url = "/sites/test-street/limits"
+        async with httpx.AsyncClient(base_url=services.api_url) as http:
+            assert (await http.put(url, json=body)).status_code == 401
+            bad = await http.put(url, json=body, headers={"Authorization": f"Bearer {other}"})
+            assert bad.status_code == 403
+            ok = await http.put(url, json=body, headers={"Authorization": f"Bearer {token}"})
+            assert ok.status_code == 200, ok.text
+            got = await http.get(url, headers={"Authorization": f"Bearer {token}"})
+            (block,) = got.json()["blocks"]
+            assert block["max_current_a"] == 40.0 and block["end"] is None
+    finally:
+        await services.stop()
 
 
 @pytest.mark.asyncio

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from ocpp_helpers import iso
 
+from ocpp_gateway import KnownChargePoint
+
 pytestmark = pytest.mark.asyncio
 
 
@@ -40,6 +42,24 @@ async def test_failsafe_profile_installed_at_boot_in_the_points_unit(make_gatewa
         {"startPeriod": 0, "limit": 4140.0, "numberPhases": 3}
     ]
     assert gw.storage.profiles("CP01")[0].status == "Accepted"
+
+
+async def test_failsafe_is_the_points_own_share_when_it_has_one(make_gateway, make_cp):
+    # The site gives CP01 10 A (its share of the limits); the config's 32 A is only a ceiling.
+    points = (KnownChargePoint("CP01", failsafe_current_a=10.0), KnownChargePoint("CP02"))
+    gw = await make_gateway(failsafe_current_a=32.0, charge_points=points)
+    for cp_id, limit_a in (("CP01", 10.0), ("CP02", 32.0)):
+        cp = await make_cp(cp_id, gw=gw)
+        cp.handlers["GetConfiguration"] = caps("Current")
+        cp.handlers["SetChargingProfile"] = accepted
+        done = asyncio.ensure_future(
+            gw.wait_for(lambda e, i=cp_id: e.kind == "failsafe" and e.charge_point_id == i)
+        )
+        await cp.boot()
+        await done
+        sent = next(f for f in cp.received_calls if f[2] == "SetChargingProfile")[3]
+        periods = sent["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"]
+        assert periods[0]["limit"] == limit_a, cp_id
 
 
 async def test_failsafe_rejected_or_unanswered_is_recorded(make_gateway, make_cp):
