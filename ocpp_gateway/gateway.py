@@ -911,10 +911,16 @@ class Gateway:
         *,
         connector_id: int | None = None,
     ) -> TriggerMessageStatus:
+        return await self._trigger(charge_point_id, "TriggerMessage", requested_message, connector_id)
+
+    async def _trigger(
+        self, charge_point_id: str, action: str, requested_message: str, connector_id: int | None
+    ) -> TriggerMessageStatus:
+        """TriggerMessage or ExtendedTriggerMessage (same payload and answer)."""
         payload: dict[str, Any] = {"requestedMessage": str(requested_message)}
         if connector_id is not None:
             payload["connectorId"] = connector_id
-        answer = await self.call(charge_point_id, "TriggerMessage", payload)
+        answer = await self.call(charge_point_id, action, payload)
         return TriggerMessageStatus(answer["status"])
 
     async def set_charging_profile(
@@ -1100,11 +1106,7 @@ class Gateway:
         connector_id: int | None = None,
     ) -> TriggerMessageStatus:
         """ExtendedTriggerMessage; ``SignChargePointCertificate`` makes the point send a CSR."""
-        payload: dict[str, Any] = {"requestedMessage": str(requested_message)}
-        if connector_id is not None:
-            payload["connectorId"] = connector_id
-        answer = await self.call(charge_point_id, "ExtendedTriggerMessage", payload)
-        return TriggerMessageStatus(answer["status"])
+        return await self._trigger(charge_point_id, "ExtendedTriggerMessage", requested_message, connector_id)
 
     async def certificate_signed(
         self, charge_point_id: str, certificate_chain: str
