@@ -48,6 +48,7 @@ from noxblock.auth import open_stores
 from ocpp_gateway import Gateway, GatewayConfig, KnownChargePoint, SqliteStorage, hash_password
 from ocpp_gateway.certificates import load_authority
 from ocpp_gateway.errors import ConfigError
+from ocpp_gateway.security import tls_server_context
 
 __all__ = ["Services", "add_arguments", "build_config", "run", "start_services"]
 
@@ -183,14 +184,7 @@ def _hash_all(passwords: dict[str, str]) -> dict[str, str]:
 def _tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if not args.tls_cert:
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # security whitepaper: TLS 1.2 or above
-    ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    if args.tls_client_ca:
-        # Optional, so profile 2 (password) and profile 3 (certificate) points share the port.
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-        ctx.load_verify_locations(args.tls_client_ca)
-    return ctx
+    return tls_server_context(args.tls_cert, args.tls_key, args.tls_client_ca or None)
 
 
 def build_config(args: argparse.Namespace) -> GatewayConfig:
