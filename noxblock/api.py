@@ -11,12 +11,13 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import FastAPI, Query
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from ocpp_gateway import Gateway, Storage
 from ocpp_gateway.storage import TransactionRecord
 
-__all__ = ["API_PREFIX", "create_app"]
+__all__ = ["API_PREFIX", "METRICS", "create_app", "prometheus_text"]
 
 API_PREFIX = "/api/v1"
 
@@ -71,6 +72,33 @@ def _tx_out(t: TransactionRecord) -> TransactionOut:
     )
 
 
+#: (name, type, help) of every metric :func:`prometheus_text` writes.
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("noxblock_charge_points_connected", "gauge", "Charge points with a live OCPP connection."),
+    ("noxblock_charge_points_known", "gauge", "Charge points registered in the site file."),
+    ("noxblock_charge_points_non_compliant", "gauge", "Charge points caught ignoring their limits."),
+    ("noxblock_ocpp_messages_total", "counter", "OCPP messages received from charge points."),
+    ("noxblock_ocpp_bad_frames_total", "counter", "Frames answered with a CALLERROR or dropped."),
+    ("noxblock_ocpp_throttled_total", "counter", "Messages delayed by the per-point rate limit."),
+)
+
+
+def prometheus_text(gateway: Gateway) -> str:
+    """The gateway's figures in the Prometheus text format (version 0.0.4)."""
+    values = (
+        len(gateway.connected_ids()),
+        len(gateway.config.charge_points),
+        len(gateway.non_compliant()),
+        gateway.stats["messages"],
+        gateway.stats["bad_frames"],
+        gateway.stats["throttled"],
+    )
+    lines = []
+    for (name, kind, text), value in zip(METRICS, values, strict=True):
+        lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {value}"]
+    return "\n".join(lines) + "\n"
+
+
 def create_app(source: Gateway | Storage, *, title: str = "noxblock") -> FastAPI:
     """The FastAPI application reading from a running gateway or from a store.
 
@@ -86,6 +114,14 @@ def create_app(source: Gateway | Storage, *, title: str = "noxblock") -> FastAPI
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
     )
+
+    if gateway is not None:
+
+        @app.get("/metrics", response_class=PlainTextResponse, tags=["metrics"])
+        async def metrics() -> str:
+            """Prometheus text exposition of the central system's state (the scheduler's
+            figures -- re-plan seconds, solver gap, headroom -- come with the live loop)."""
+            return prometheus_text(gateway)
 
     @app.get(f"{API_PREFIX}/charge-points", response_model=list[ChargePointOut], tags=["charge points"])
     async def list_charge_points() -> list[ChargePointOut]:

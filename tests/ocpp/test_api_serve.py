@@ -184,6 +184,36 @@ async def test_grid_operator_sets_a_limit_on_the_served_api(tmp_path: Path):
 
 
 @pytest.mark.asyncio
+async def test_prometheus_metrics_count_what_happened(tmp_path: Path):
+    services = await start_services(gateway_config(), tmp_path, port=0, api_port=0)
+    base = f"http://{services.api_host}:{services.api_port}"
+    try:
+        gw = services.gateway
+        connected = asyncio.ensure_future(gw.wait_for(lambda e: e.kind == "connected"))
+        async with connect(gw.url + "CP01", subprotocols=["ocpp1.6"]) as ws:
+            await connected
+            await ws.send(json.dumps([2, "1", "Heartbeat", {}]))
+            await ws.recv()
+            await ws.send("not json")
+            await ws.recv()
+            async with httpx.AsyncClient(base_url=base) as http:
+                got = await http.get("/metrics")
+        assert got.status_code == 200 and got.headers["content-type"].startswith("text/plain")
+        values = {
+            line.split()[0]: float(line.split()[1])
+            for line in got.text.splitlines()
+            if line and not line.startswith("#")
+        }
+        assert values["noxblock_charge_points_connected"] == 1.0
+        assert values["noxblock_charge_points_known"] == 5.0
+        assert values["noxblock_ocpp_messages_total"] >= 1.0
+        assert values["noxblock_ocpp_bad_frames_total"] == 1.0
+        assert "# TYPE noxblock_ocpp_messages_total counter" in got.text
+    finally:
+        await services.stop()
+
+
+@pytest.mark.asyncio
 async def test_noxblock_serve_process_shuts_down_cleanly_and_keeps_its_data(tmp_path: Path):
     args = serve_args(tmp_path)
     code = (
