@@ -45,6 +45,7 @@ import uvicorn
 from noxblock.api import API_PREFIX, create_app
 from noxblock.api_limits import add_access_routes
 from noxblock.auth import open_stores
+from noxblock.oscp import add_oscp_routes
 from ocpp_gateway import Gateway, GatewayConfig, KnownChargePoint, SqliteStorage, hash_password
 from ocpp_gateway.certificates import load_authority
 from ocpp_gateway.errors import ConfigError
@@ -87,6 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--heartbeat-interval", type=int, default=300, help="heartbeat interval [s] (default 300)"
+    )
+    parser.add_argument(
+        "--oscp-token-env",
+        default="NOXBLOCK_OSCP_TOKEN",
+        help="environment variable holding the token the grid operator's OSCP 2.0 capacity provider "
+        "sends (Authorization: Token ...); unset: no OSCP endpoints (default NOXBLOCK_OSCP_TOKEN)",
     )
     parser.add_argument("--tls-cert", help="server certificate (PEM): serve wss:// (security profile 2)")
     parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
@@ -296,11 +303,14 @@ async def start_services(
     port: int = 9000,
     api_port: int = 8000,
     site_id: str | None = None,
+    oscp_token: str | None = None,
 ) -> Services:
     """Open the stores in ``data_dir``, start the OCPP server and the REST API (ports may be 0).
 
     With ``site_id`` the API also takes that site's grid-operator limits (bearer tokens from
-    ``noxblock token create --data-dir`` the same directory; see :mod:`noxblock.api_limits`).
+    ``noxblock token create --data-dir`` the same directory; see :mod:`noxblock.api_limits`) and,
+    with ``oscp_token`` too, OSCP 2.0 capacity forecasts under ``/oscp/fp/2.0/``
+    (:mod:`noxblock.oscp`; its state in ``data_dir/oscp.json``).
     """
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     storage = SqliteStorage(Path(data_dir) / DB_NAME)
@@ -319,6 +329,15 @@ async def start_services(
         tokens, limits = open_stores(data_dir)
         add_access_routes(app, tokens, limits, {site_id: config.voltage_v})
         stores = (tokens, limits)
+        if oscp_token:
+            add_oscp_routes(
+                app,
+                limits,
+                site_id=site_id,
+                voltage_v=config.voltage_v,
+                token=oscp_token,
+                state_path=Path(data_dir) / "oscp.json",
+            )
     server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     services = Services(gateway, sock.getsockname()[1], host, server, task, stores)
@@ -336,6 +355,7 @@ async def _serve(config: GatewayConfig, args: argparse.Namespace) -> None:
         port=args.port,
         api_port=args.api_port,
         site_id=load_site(args.site).site.id,
+        oscp_token=os.environ.get(args.oscp_token_env) or None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -184,6 +184,37 @@ async def test_grid_operator_sets_a_limit_on_the_served_api(tmp_path: Path):
 
 
 @pytest.mark.asyncio
+async def test_oscp_capacity_forecast_becomes_a_limit_on_the_served_api(tmp_path: Path):
+    services = await start_services(
+        gateway_config(), tmp_path, port=0, api_port=0, site_id="test-street", oscp_token="dso-secret-1"
+    )
+    base = f"http://{services.api_host}:{services.api_port}/oscp/fp/2.0"
+    forecast = {
+        "group_id": "test-street",
+        "type": "CONSUMPTION",
+        "forecasted_blocks": [
+            {"capacity": 30.0, "phase": "ALL", "unit": "A",
+             "start_time": "2024-01-15T16:00:00+00:00", "end_time": "2024-01-15T20:00:00+00:00"}
+        ],
+    }  # fmt: skip
+    try:
+        async with httpx.AsyncClient(base_url=base) as http:
+            url = "/update_group_capacity_forecast"
+            assert (await http.post(url, json=forecast)).status_code == 401
+            ok = await http.post(url, json=forecast, headers={"Authorization": "Token dso-secret-1"})
+            assert ok.status_code == 204, ok.text
+    finally:
+        await services.stop()
+    tokens, limits = open_stores(tmp_path)
+    try:
+        (block,) = limits.schedule("test-street").blocks
+        assert block.max_current_a == 30.0
+    finally:
+        tokens.close()
+        limits.close()
+
+
+@pytest.mark.asyncio
 async def test_prometheus_metrics_count_what_happened(tmp_path: Path):
     services = await start_services(gateway_config(), tmp_path, port=0, api_port=0)
     base = f"http://{services.api_host}:{services.api_port}"
