@@ -38,7 +38,15 @@ from noxblock.api import API_PREFIX
 from noxblock.auth import AuditRecord, LimitStore, Role, TokenRecord, TokenStore
 from noxblock.limits import LimitBlockOut, LimitRequest, LimitScheduleOut, schedule_out, to_blocks
 
-__all__ = ["BEARER", "MAX_BODY_BYTES", "LimitAuditOut", "add_access_routes", "require"]
+__all__ = [
+    "BEARER",
+    "MAX_BODY_BYTES",
+    "LimitAuditOut",
+    "add_access_routes",
+    "json_safe",
+    "read_body",
+    "require",
+]
 
 log = logging.getLogger("noxblock.api")
 
@@ -152,7 +160,8 @@ def _request_body_openapi() -> dict[str, Any]:
     }
 
 
-async def _read_body(request: Request) -> bytes:
+async def read_body(request: Request) -> bytes:
+    """The request body, or 413 once it is over :data:`MAX_BODY_BYTES`."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise HTTPException(413, f"body of {declared} bytes is larger than {MAX_BODY_BYTES}")
@@ -184,21 +193,21 @@ def _parse(raw: bytes) -> LimitRequest:
     except ValidationError as e:
         # JSON-safe: the echoed input may hold NaN or infinity, which a JSON response cannot.
         errors = [
-            {**_json_safe(dict(err)), "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)
+            {**json_safe(dict(err)), "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)
         ]
         raise RequestValidationError(errors) from None
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """``value`` with non-finite floats and exceptions as strings (for an error response)."""
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, Exception):
         return str(value)
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -264,7 +273,7 @@ def add_access_routes(
         no limit; outside the span nothing changes. Answers the site's whole schedule afterwards.
         """
         voltage_v = voltage(site)
-        raw = await _read_body(request)
+        raw = await read_body(request)
         text = raw.decode("utf-8", errors="replace")
         try:
             req = _parse(raw)

@@ -66,6 +66,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from noxblock.api_limits import MAX_BODY_BYTES, json_safe, read_body
 from noxblock.auth import LimitStore, TokenRecord
 from noxblock.limits import PHASES, AwareTime, LimitBlock, check_blocks
 
@@ -86,8 +87,6 @@ log = logging.getLogger("noxblock.oscp")
 BASE_PATH: Final = "/oscp/fp/2.0"
 #: Token id of OSCP requests in the limit audit.
 OSCP_WHO: Final = "oscp"
-#: Largest body accepted [bytes].
-MAX_BODY_BYTES: Final = 2 << 20
 
 Phase = Literal["ONE", "TWO", "THREE", "ALL", "UNKNOWN"]
 Unit = Literal["A", "W", "KW", "WH", "KWH"]
@@ -277,30 +276,6 @@ def _check_token(request: Request, token: str | None) -> None:
         )
 
 
-async def _read_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise HTTPException(413, f"body of {declared} bytes is larger than {MAX_BODY_BYTES}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise HTTPException(413, f"body is larger than {MAX_BODY_BYTES} bytes")
-    return bytes(body)
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, Exception):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _parse(model: type[_M], raw: bytes) -> _M:
     """The message, or :class:`RequestValidationError` whose ``loc`` names the field."""
     try:
@@ -319,7 +294,7 @@ def _parse(model: type[_M], raw: bytes) -> _M:
         return model.model_validate(obj)
     except ValidationError as e:
         raise RequestValidationError(
-            [{**_json_safe(dict(err)), "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+            [{**json_safe(dict(err)), "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
         ) from None
 
 
@@ -361,7 +336,7 @@ def add_oscp_routes(
     async def register(request: Request) -> Response:
         """The CP's token for the FP and the URLs of its OSCP versions."""
         _check_token(request, token)
-        state.register(_parse(Register, await _read_body(request)))
+        state.register(_parse(Register, await read_body(request)))
         log.info("OSCP register from the CP")
         return Response(status_code=204)
 
@@ -369,7 +344,7 @@ def add_oscp_routes(
     async def handshake(request: Request) -> Response:
         """The behaviour the CP requires (heartbeat interval, measurements)."""
         _check_token(request, token)
-        state.handshake(_parse(Handshake, await _read_body(request)))
+        state.handshake(_parse(Handshake, await read_body(request)))
         log.info("OSCP handshake from the CP")
         return Response(status_code=204)
 
@@ -377,7 +352,7 @@ def add_oscp_routes(
     async def heartbeat(request: Request) -> Response:
         """The CP is alive until ``offline_mode_at``."""
         _check_token(request, token)
-        state.heartbeat(_parse(Heartbeat, await _read_body(request)))
+        state.heartbeat(_parse(Heartbeat, await read_body(request)))
         return Response(status_code=204)
 
     @app.post(
@@ -389,7 +364,7 @@ def add_oscp_routes(
     async def update_group_capacity_forecast(request: Request) -> Response:
         """Capacity blocks for the group: CONSUMPTION becomes limits, FALLBACK_CONSUMPTION the fallback."""
         _check_token(request, token)
-        raw = await _read_body(request)
+        raw = await read_body(request)
         received = clock()
         who = TokenRecord(OSCP_WHO, "grid-operator", site_id, received)
         body = raw.decode("utf-8", errors="replace")
