@@ -116,12 +116,14 @@ def create_app(source: Gateway | Storage, *, title: str = "noxblock") -> FastAPI
     )
 
     if gateway is not None:
+        #: More metric text (the control loop's), appended by those who mount it.
+        app.state.extra_metrics = []
 
         @app.get("/metrics", response_class=PlainTextResponse, tags=["metrics"])
         async def metrics() -> str:
-            """Prometheus text exposition of the central system's state (the scheduler's
-            figures -- re-plan seconds, solver gap, headroom -- come with the live loop)."""
-            return prometheus_text(gateway)
+            """Prometheus text exposition of the central system's state, and of the control
+            loop's when it runs (re-plan seconds, solver gap, headroom per phase)."""
+            return prometheus_text(gateway) + "".join(f() for f in app.state.extra_metrics)
 
     @app.get(f"{API_PREFIX}/charge-points", response_model=list[ChargePointOut], tags=["charge points"])
     async def list_charge_points() -> list[ChargePointOut]:

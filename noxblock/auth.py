@@ -35,7 +35,7 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -382,6 +382,9 @@ class LimitStore:
     def __init__(self, path: str | Path) -> None:
         self._db = _Db(path)
         self.path = self._db.path
+        #: Called with the site id and the audit id after each accepted request (the control
+        #: loop re-plans, and later records the site's measured response).
+        self.listeners: builtins.list[Callable[[str, int], None]] = []
 
     @classmethod
     def in_dir(cls, data_dir: str | Path) -> LimitStore:
@@ -454,6 +457,11 @@ class LimitStore:
             "limits for site %s from token %s (%s): %d blocks, audit %d",
             site, by.id, by.role, len(new), audit_id,
         )  # fmt: skip
+        for listener in self.listeners:
+            try:
+                listener(site, int(audit_id or 0))
+            except Exception:  # a listener must not undo an accepted limit
+                log.exception("limit listener failed")
         return LimitSchedule(site, tuple(merged))
 
     def reject(

@@ -74,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="BootNotification answer for charge points not in the site file (default Pending)",
     )
     parser.add_argument(
+        "--id-tags",
+        choices=("any", "known"),
+        default="any",
+        help="which id tags Authorize and StartTransaction accept: any (the points or a roaming "
+        "platform authorise drivers; default) or only those known to the store",
+    )
+    parser.add_argument(
         "--allow-unauthenticated",
         action="store_true",
         help="let points without a password connect without credentials (security profile 0)",
@@ -223,6 +230,7 @@ def build_config(args: argparse.Namespace) -> GatewayConfig:
     config = GatewayConfig(
         charge_points=points,
         unknown_policy=args.unknown,
+        accept_unknown_id_tags=getattr(args, "id_tags", "any") == "any",
         allow_profile_0=bool(open_points) or args.allow_unauthenticated,
         heartbeat_interval_s=args.heartbeat_interval,
         voltage_v=float(loaded.site.voltage_v),
@@ -279,13 +287,16 @@ class Services:
     _api: _Uvicorn
     _api_task: asyncio.Task[None]
     _stores: tuple[Any, ...] = ()
+    control: Any | None = None
 
     @property
     def api_url(self) -> str:
         return f"http://{self.api_host}:{self.api_port}{API_PREFIX}"
 
     async def stop(self) -> None:
-        """Stop the API, then the gateway (connections closed, store committed and closed)."""
+        """Stop planning, the API, then the gateway (connections closed, store committed and closed)."""
+        if self.control is not None:
+            await self.control.stop()
         self._api.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await self._api_task
@@ -304,6 +315,9 @@ async def start_services(
     api_port: int = 8000,
     site_id: str | None = None,
     oscp_token: str | None = None,
+    site_config: Any | None = None,
+    control: Any | None = None,
+    clock: Any | None = None,
 ) -> Services:
     """Open the stores in ``data_dir``, start the OCPP server and the REST API (ports may be 0).
 
@@ -311,10 +325,17 @@ async def start_services(
     ``noxblock token create --data-dir`` the same directory; see :mod:`noxblock.api_limits`) and,
     with ``oscp_token`` too, OSCP 2.0 capacity forecasts under ``/oscp/fp/2.0/``
     (:mod:`noxblock.oscp`; its state in ``data_dir/oscp.json``).
+
+    With ``site_config`` (``scheduler.loaders.load_site``) and ``control``
+    (:class:`noxblock.live.ControlSettings`) the control loop runs too: it re-plans every control
+    interval and on events, and dispatches through the gateway (:mod:`noxblock.live`). ``clock``
+    (aware UTC ``now``) is the gateway's and the loop's: a simulated one for tests and the demo.
     """
+    if site_config is not None and site_id is None:
+        site_id = site_config.site.id
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     storage = SqliteStorage(Path(data_dir) / DB_NAME)
-    gateway = Gateway(config, storage)
+    gateway = Gateway(config, storage) if clock is None else Gateway(config, storage, clock=clock)
     await gateway.start(host, port)
     # Bind the API socket here, so its port is known (and connectable) before uvicorn runs.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -325,22 +346,34 @@ async def start_services(
     sock.setblocking(False)
     app = create_app(gateway)
     stores: tuple[Any, ...] = ()
+    limits = oscp = None
     if site_id is not None:
         tokens, limits = open_stores(data_dir)
         add_access_routes(app, tokens, limits, {site_id: config.voltage_v})
         stores = (tokens, limits)
         if oscp_token:
-            add_oscp_routes(
+            oscp = add_oscp_routes(
                 app,
                 limits,
                 site_id=site_id,
                 voltage_v=config.voltage_v,
                 token=oscp_token,
+                clock=gateway.clock,
                 state_path=Path(data_dir) / "oscp.json",
             )
+    ctl = None
+    if site_config is not None and control is not None:
+        from noxblock.api_live import add_live_routes
+        from noxblock.live import Control
+
+        ctl = Control(gateway, site_config, data_dir, settings=control, limits=limits, oscp=oscp)
+        app.state.control = ctl
+        add_live_routes(app, ctl, stores[0])
     server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    services = Services(gateway, sock.getsockname()[1], host, server, task, stores)
+    services = Services(gateway, sock.getsockname()[1], host, server, task, stores, ctl)
+    if ctl is not None:
+        ctl.start()
     log.info("OCPP on %s, REST API on %s", gateway.url, services.api_url)
     return services
 

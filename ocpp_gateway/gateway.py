@@ -1337,15 +1337,23 @@ class Gateway:
             max_periods = _DEFAULT_MAX_PERIODS
         return units, max_periods
 
-    async def install_failsafe(self, charge_point_id: str) -> ChargingProfileStatus:
-        """Install the conservative failsafe profile on connector 0: the point's own
-        ``failsafe_current_a`` if it has one (never above the config's), else the config's."""
+    def failsafe_limit_a(self, charge_point_id: str) -> float | None:
+        """The point's failsafe limit [A per phase]: its own ``failsafe_current_a`` if it has one
+        (never above the config's), else the config's; None if there is none."""
         limit_a = self.config.failsafe_current_a
         if limit_a is None:
-            raise GatewayError("failsafe_current_a is not configured")
+            return None
         known = self.config.known(charge_point_id)
         if known is not None and known.failsafe_current_a is not None:
             limit_a = min(limit_a, known.failsafe_current_a)
+        return limit_a
+
+    async def install_failsafe(self, charge_point_id: str) -> ChargingProfileStatus:
+        """Install the conservative failsafe profile on connector 0: the point's own
+        ``failsafe_current_a`` if it has one (never above the config's), else the config's."""
+        limit_a = self.failsafe_limit_a(charge_point_id)
+        if limit_a is None:
+            raise GatewayError("failsafe_current_a is not configured")
         units, _ = await self.smart_charging_caps(charge_point_id)
         state = self.central.point(charge_point_id)
         profile = failsafe_profile(
@@ -1379,6 +1387,7 @@ class Gateway:
         end: datetime,
         phases: int | None = None,
         verify: bool = True,
+        also_default: bool = False,
     ) -> DispatchResult:
         """Send a per-interval current plan to a connector and check it took.
 
@@ -1394,10 +1403,19 @@ class Gateway:
             Read back GetCompositeSchedule and compare it with the plan.
 
         A TxProfile if a transaction runs on the connector, else a TxDefaultProfile; the plan is
-        kept and re-sent as a TxProfile when a transaction starts there.
+        kept and re-sent as a TxProfile when a transaction starts there. ``also_default``: while a
+        transaction runs, the connector's TxDefaultProfile gets the same plan too, so an EV that
+        plugs in after this one leaves inherits its capacity, not an older default.
         """
         self._plans[(charge_point_id, connector_id)] = (list(plan), end, phases)
-        return await self._dispatch(charge_point_id, connector_id, list(plan), end, phases, verify)
+        result = await self._dispatch(charge_point_id, connector_id, list(plan), end, phases, verify)
+        if (
+            also_default
+            and result.profile.purpose == "TxProfile"
+            and result.status == ChargingProfileStatus.accepted
+        ):
+            await self._dispatch(charge_point_id, connector_id, list(plan), end, phases, False, default=True)
+        return result
 
     async def _redispatch(self, charge_point_id: str, connector_id: int) -> None:
         plan, end, phases = self._plans[(charge_point_id, connector_id)]
@@ -1417,11 +1435,13 @@ class Gateway:
         end: datetime,
         phases: int | None,
         verify: bool,
+        *,
+        default: bool = False,
     ) -> DispatchResult:
         state = self.central.point(cp_id)
         phases = phases or state.phases
         units, max_periods = await self.smart_charging_caps(cp_id)
-        tx = self.storage.active_transaction(cp_id, connector_id)
+        tx = None if default else self.storage.active_transaction(cp_id, connector_id)
         now = self.clock()
         profile = plan_to_profile(
             plan,
@@ -1437,10 +1457,11 @@ class Gateway:
             if tx is not None
             else _tx_default_profile_id(connector_id),
             stack_level=self.config.dispatch_stack_level,
-            fallback_limit_a=self.config.failsafe_current_a,
+            # After the plan: the point's own failsafe, as when we are gone.
+            fallback_limit_a=self.failsafe_limit_a(cp_id),
         )
         status = await self.set_charging_profile(cp_id, connector_id, profile)
-        if status != ChargingProfileStatus.accepted:
+        if status != ChargingProfileStatus.accepted or default:
             return DispatchResult(status, profile)
         state.dispatched[connector_id] = (profile, now)
         state.violations.pop(connector_id, None)

@@ -300,6 +300,9 @@ class Storage(Protocol):
     def meter_values(
         self, charge_point_id: str, *, transaction_id: int | None = None, limit: int = 1000
     ) -> list[MeterValueRecord]: ...
+    def latest_meter_value(
+        self, charge_point_id: str, transaction_id: int
+    ) -> tuple[datetime, list[dict[str, Any]]] | None: ...
     def record_profile(
         self, charge_point_id: str, connector_id: int, profile: dict[str, Any], status: str, at: datetime
     ) -> int: ...
@@ -920,6 +923,18 @@ class SqliteStorage:
                 samples.append((ts, record.measurand, record.phase or "", record))
         samples.sort(key=lambda s: s[:3])
         return [s[3] for s in samples[:limit]]
+
+    def latest_meter_value(
+        self, charge_point_id: str, transaction_id: int
+    ) -> tuple[datetime, list[dict[str, Any]]] | None:
+        """The last meterValue of a transaction: its timestamp and sampled values as received
+        (with every value of a replayed timestamp); None if it has none."""
+        row = self._db.execute(
+            "SELECT timestamp, sampled_values FROM meter_values WHERE charge_point_id=? AND transaction_id=?"
+            " ORDER BY timestamp DESC LIMIT 1",
+            (charge_point_id, transaction_id),
+        ).fetchone()
+        return None if row is None else (_dt(row[0]), json.loads(row[1]))
 
     # -- profiles, security events, notifications ---------------------------------------------
     def record_profile(

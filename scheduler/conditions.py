@@ -121,7 +121,8 @@ class Conditions:
         return arr[idx]
 
     def window(self, grid: TimeGrid) -> tuple[np.ndarray | None, dict[str, np.ndarray], Signals]:
-        """Base load, node limits and signals on ``grid``, whose boundaries lie on this grid.
+        """Base load, node limits and signals on ``grid``, whose boundaries lie on this grid (the
+        last may end inside a base interval: that whole interval counts).
 
         Returns
         -------
@@ -132,8 +133,10 @@ class Conditions:
         """
         b = grid.boundaries
         edges = np.array([self.index(t) for t in b])
-        if np.any([(t - self.start) % self.step for t in b]):
+        if np.any([(t - self.start) % self.step for t in b[:-1]]):
             raise ValueError("grid boundaries must lie on the conditions' base grid")
+        if (b[-1] - self.start) % self.step:
+            edges[-1] += 1  # a last step that ends inside a base interval takes all of it
         i0, i1 = int(edges[0]), int(edges[-1])
         rel = edges - i0
         lengths = np.diff(rel)

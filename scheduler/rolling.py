@@ -89,9 +89,10 @@ class RollingHorizon:
         conditions: Conditions,
         *,
         max_unbalance_a: float | None = None,
+        grid: TimeGrid | None = None,
     ) -> Snapshot:
-        """What the policy sees at ``now``."""
-        grid = self.grid(now, evs)
+        """What the policy sees at ``now`` (on ``grid`` if given, else :meth:`grid`)."""
+        grid = grid or self.grid(now, evs)
         base, limits, signals = conditions.window(grid)
         return Snapshot(
             now=now,

@@ -1,0 +1,975 @@
+"""The service side of the control loop: the live site seen through the OCPP gateway, the limits
+in force, and dispatch back through the gateway (``scheduler.live`` defines the three sides;
+this module joins them to ``ocpp_gateway`` and to the stores of ``noxblock``).
+
+:class:`GatewaySite` follows the gateway's events and keeps, per connector, its status and
+running transaction: the energy delivered so far (the energy register of the MeterValues minus
+``meterStart``), the current it draws per phase, and what it has shown of its EV:
+
+* **its maximum**, learned: an EV that draws clearly less than its limit for two samples in a row
+  is planned at what it draws (plus 1 A, at least the point's minimum), so the current it leaves
+  goes to others at the next re-plan; once it draws all it is given, the limit is forgotten
+  and it is offered the point's maximum again;
+* **its phases**: current on one phase only of a 3-phase point means a 1-phase EV;
+* **its departure and energy**: what the driver said (:class:`NeedsStore`: ``PUT
+  /api/v1/transactions/{id}/needs``, or a profile per id tag), else the median stay and energy of
+  that id tag's past sessions, else of the station's (at least 3), else the defaults. An EV still
+  there after its estimated departure is planned to stay another hour; one that still draws when
+  it has had its estimated energy is planned for 2 kWh more.
+
+A point that ignores its limits (the gateway's compliance check) is planned as inflexible load at
+its maximum; a point that is offline as inflexible at the most its last profile allows (its
+failsafe if we never sent one). Everything is rebuilt from the gateway's store at start, so a
+restart loses no transaction.
+
+:class:`GatewayDispatcher` sends each order with :meth:`ocpp_gateway.Gateway.dispatch_plan`
+(concurrently, at most ``concurrency`` at once), skipping an order equal to the one last taken
+unless forced, and verifying the first profile of each transaction with GetCompositeSchedule.
+
+:class:`ServiceConditions` gives the limits: the site file's, the grid operator's blocks
+(:class:`~noxblock.auth.LimitStore`) and, while the DSO's OSCP heartbeat has stopped, the
+OSCP fallback capacity. A block with ``min_per_point_kw`` (section 14a) never dims the site
+below that power for each EV charging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import sqlite3
+import statistics
+import threading
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import Site
+from ocpp_gateway import Gateway, GatewayError, GatewayEvent
+from ocpp_gateway.dispatch import limit_at
+from scheduler.conditions import Conditions
+from scheduler.live import Observation, Order
+from scheduler.snapshot import EVState
+
+__all__ = [
+    "Defaults",
+    "GatewayDispatcher",
+    "GatewaySite",
+    "Needs",
+    "NeedsStore",
+    "ServiceConditions",
+]
+
+log = logging.getLogger("noxblock.live")
+
+_PHASES = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
+#: Connector states in which a point cannot charge: no idle share is given there.
+_DOWN = {"Faulted", "Unavailable"}
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Estimates when nothing better is known."""
+
+    stay_h: float = 8.0
+    energy_kwh: float = 15.0
+    #: Sessions of a station (all id tags) needed before its medians are used.
+    station_min_sessions: int = 3
+    #: Past sessions per id tag / station kept for the medians.
+    history: int = 20
+    #: An EV still plugged in after its estimated departure is planned to stay this much longer [h].
+    overstay_h: float = 1.0
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a driver declared: departure (UTC) and energy for the whole session [kWh]."""
+
+    departure: datetime | None = None
+    energy_kwh: float | None = None
+
+
+# -- driver needs ---------------------------------------------------------------------------------
+class NeedsStore:
+    """Declared needs per transaction and per id tag, in ``DATA_DIR/live.sqlite3``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS tx_needs (
+                transaction_id INTEGER PRIMARY KEY, departure TEXT, energy_kwh REAL, set_at TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS tag_profiles (
+                id_tag TEXT PRIMARY KEY, stay_h REAL, energy_kwh REAL, set_at TEXT NOT NULL
+            );
+            """
+        )
+
+    def set_transaction(self, transaction_id: int, needs: Needs, *, at: datetime) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO tx_needs VALUES (?, ?, ?, ?)",
+                (
+                    transaction_id,
+                    None if needs.departure is None else needs.departure.astimezone(UTC).isoformat(),
+                    needs.energy_kwh,
+                    at.isoformat(),
+                ),
+            )
+
+    def transaction(self, transaction_id: int) -> Needs | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT departure, energy_kwh FROM tx_needs WHERE transaction_id = ?", (transaction_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return Needs(None if row[0] is None else datetime.fromisoformat(row[0]), row[1])
+
+    def set_tag_profile(
+        self, id_tag: str, stay_h: float | None, energy_kwh: float | None, *, at: datetime
+    ) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO tag_profiles VALUES (?, ?, ?, ?)",
+                (id_tag, stay_h, energy_kwh, at.isoformat()),
+            )
+
+    def tag_profile(self, id_tag: str) -> tuple[float | None, float | None] | None:
+        """``(stay [h], energy [kWh])`` declared for an id tag, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT stay_h, energy_kwh FROM tag_profiles WHERE id_tag = ?", (id_tag,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# -- the live site --------------------------------------------------------------------------------
+@dataclass
+class _Tx:
+    id: int
+    id_tag: str | None
+    start: datetime
+    meter_start_wh: float
+    register_wh: float | None = None
+    current_a: np.ndarray = field(default_factory=lambda: np.zeros(3))  # per point phase
+    sampled_at: datetime | None = None
+    learned_max_a: float | None = None
+    under: int = 0
+    phases: int | None = None
+
+    @property
+    def delivered_kwh(self) -> float:
+        if self.register_wh is None:
+            return 0.0
+        return max(self.register_wh - self.meter_start_wh, 0.0) / 1000.0
+
+    @property
+    def draw_a(self) -> float:
+        return float(self.current_a.max())
+
+
+@dataclass
+class _Connector:
+    status: str | None = None
+    tx: _Tx | None = None
+
+
+def _register_wh(sampled: Iterable[Mapping[str, Any]]) -> float | None:
+    """The energy register in a sampledValue list [Wh] (whole-point value, not per phase)."""
+    out = None
+    for sv in sampled:
+        if sv.get("measurand", "Energy.Active.Import.Register") != "Energy.Active.Import.Register":
+            continue
+        if sv.get("phase"):
+            continue
+        try:
+            v = float(sv["value"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not math.isfinite(v):
+            continue
+        out = v * 1000.0 if sv.get("unit") == "kWh" else v
+    return out
+
+
+def _currents_a(sampled: Iterable[Mapping[str, Any]], voltage_v: float, phases: int) -> np.ndarray | None:
+    """Import current per point phase [A] from Current.Import (per phase, or one value for all
+    phases) or else from Power.Active.Import; None when the sample has neither."""
+    cur = np.full(3, np.nan)
+    power_w: float | None = None
+    any_current = False
+    for sv in sampled:
+        m = sv.get("measurand", "Energy.Active.Import.Register")
+        if m not in ("Current.Import", "Power.Active.Import"):
+            continue
+        try:
+            v = float(sv["value"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not math.isfinite(v):
+            continue
+        ph = _PHASES.get(sv.get("phase") or "")
+        if m == "Current.Import":
+            any_current = True
+            if ph is None:
+                cur[:phases] = np.fmax(cur[:phases], v)
+            else:
+                cur[ph] = v
+        elif power_w is None or ph is None:
+            w = v * (1000.0 if sv.get("unit") == "kW" else 1.0)
+            power_w = w * (phases if ph is not None else 1)
+    if any_current:
+        out = np.nan_to_num(cur, nan=0.0)
+        out[phases:] = 0.0
+        return out
+    if power_w is not None:
+        out = np.zeros(3)
+        out[:phases] = power_w / (voltage_v * phases)
+        return out
+    return None
+
+
+class GatewaySite:
+    """The live site behind the gateway; see the module docstring. Implements
+    :class:`scheduler.live.LiveSite`.
+
+    ``on_change(reason)`` is called for events that deserve a re-plan at once.
+    """
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        site: Site,
+        *,
+        needs: NeedsStore | None = None,
+        defaults: Defaults = Defaults(),
+        on_change: Callable[[str], None] | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.site = site
+        self.needs = needs
+        self.defaults = defaults
+        self.on_change = on_change
+        #: ``(cp, connector, at) -> limit [A] or None``: what the point was told for ``at``
+        #: (:meth:`GatewayDispatcher.pilot_a`); None: the gateway's last accepted profile.
+        self.pilot_lookup: Callable[[str, int, datetime], float | None] | None = None
+        self.voltage_v = float(site.voltage_v)
+        self._cps = {cp.id: cp for cp in site.charge_points}
+        self._conns: dict[tuple[str, int], _Connector] = {
+            (cp.id, c): _Connector() for cp in site.charge_points for c in range(1, cp.connectors + 1)
+        }
+        n = defaults.history
+        self._tag_history: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=n))
+        self._station_history: dict[str, deque[tuple[float, float]]] = defaultdict(lambda: deque(maxlen=n))
+        self._noncompliant: set[str] = set()
+        self._restore()
+        gateway.add_listener(self._on_event)
+
+    # -- state from the store --------------------------------------------------------------
+    def _restore(self) -> None:
+        storage = self.gateway.storage
+        for rec in storage.connectors():
+            key = (rec.charge_point_id, rec.connector_id)
+            if key in self._conns:
+                self._conns[key].status = rec.status
+        done = storage.transactions(active=False, limit=20_000)
+        for tx in reversed(done):  # oldest first, so the deques keep the latest
+            self._remember(
+                tx.charge_point_id,
+                tx.id_tag,
+                tx.start_time,
+                tx.stop_time,
+                tx.meter_start_wh,
+                tx.meter_stop_wh,
+            )
+        restored = 0
+        for tx in storage.transactions(active=True, limit=100_000):
+            key = (tx.charge_point_id, tx.connector_id or 1)
+            if key not in self._conns or tx.start_time is None:
+                continue
+            state = _Tx(tx.id, tx.id_tag, tx.start_time, float(tx.meter_start_wh or 0))
+            last = storage.latest_meter_value(tx.charge_point_id, tx.id)
+            if last is not None:
+                self._sample(key[0], state, last[0], last[1])
+            self._conns[key].tx = state
+            restored += 1
+        self._noncompliant = set(self.gateway.non_compliant()) & set(self._cps)
+        log.info("live state: %d running transactions, %d past sessions restored", restored, len(done))
+
+    def _remember(
+        self,
+        cp_id: str,
+        id_tag: str | None,
+        start: datetime | None,
+        stop: datetime | None,
+        meter_start: float | None,
+        meter_stop: float | None,
+    ) -> None:
+        if start is None or stop is None or stop <= start:
+            return
+        stay_h = (stop - start).total_seconds() / 3600.0
+        kwh = max((meter_stop or 0) - (meter_start or 0), 0) / 1000.0
+        if id_tag:
+            self._tag_history[id_tag].append((stay_h, kwh))
+        self._station_history[cp_id].append((stay_h, kwh))
+
+    # -- events ----------------------------------------------------------------------------
+    def _on_event(self, e: GatewayEvent) -> None:
+        cp = e.charge_point_id
+        if cp not in self._cps:
+            return
+        if e.kind in ("connected", "disconnected"):
+            self._changed(f"{cp} {e.kind}")
+            return
+        if e.kind != "call" or e.payload is None:
+            return
+        p, r = e.payload, e.response or {}
+        if e.action == "MeterValues":
+            key = (cp, int(p.get("connectorId", 0)))
+            conn = self._conns.get(key)
+            if conn is None or conn.tx is None:
+                return
+            tx_id = p.get("transactionId")
+            if tx_id is not None and tx_id != conn.tx.id:
+                return
+            for mv in p.get("meterValue", ()):
+                try:
+                    ts = datetime.fromisoformat(mv["timestamp"])
+                except (KeyError, TypeError, ValueError):
+                    continue
+                self._sample(cp, conn.tx, ts, mv.get("sampledValue", ()), key[1])
+            if self.gateway.is_compliant(cp) is False and cp not in self._noncompliant:
+                self._noncompliant.add(cp)
+                self._changed(f"{cp} non-compliant")
+        elif e.action == "StartTransaction":
+            if (r.get("idTagInfo") or {}).get("status") != "Accepted":
+                return
+            key = (cp, int(p["connectorId"]))
+            if key not in self._conns:
+                return
+            start = _time(p.get("timestamp")) or self.gateway.clock()
+            self._conns[key].tx = _Tx(
+                int(r["transactionId"]), p.get("idTag"), start, float(p.get("meterStart", 0))
+            )
+            self._changed(f"{cp} transaction started")
+        elif e.action == "StopTransaction":
+            tx_id = p.get("transactionId")
+            for (cid, _), conn in self._conns.items():
+                if cid == cp and conn.tx is not None and conn.tx.id == tx_id:
+                    tx = conn.tx
+                    conn.tx = None
+                    self._remember(
+                        cp,
+                        tx.id_tag,
+                        tx.start,
+                        _time(p.get("timestamp")),
+                        tx.meter_start_wh,
+                        p.get("meterStop"),
+                    )
+                    self._changed(f"{cp} transaction stopped")
+                    break
+        elif e.action == "StatusNotification":
+            c = int(p.get("connectorId", 0))
+            key = (cp, c)
+            if key in self._conns:
+                old = self._conns[key].status
+                self._conns[key].status = p.get("status")
+                if old != p.get("status"):
+                    self._changed(f"{cp}/{c} {p.get('status')}")
+
+    def _changed(self, reason: str) -> None:
+        if self.on_change is not None:
+            self.on_change(reason)
+
+    def _sample(
+        self, cp_id: str, tx: _Tx, ts: datetime, sampled: Iterable[Mapping[str, Any]], connector: int = 1
+    ) -> None:
+        sampled = list(sampled)
+        reg = _register_wh(sampled)
+        if reg is not None and (tx.sampled_at is None or ts >= tx.sampled_at):
+            tx.register_wh = reg
+        cp = self._cps[cp_id]
+        cur = _currents_a(sampled, self.voltage_v, cp.phases)
+        if cur is None or (tx.sampled_at is not None and ts < tx.sampled_at):
+            return
+        tx.current_a = cur
+        tx.sampled_at = ts
+        draw = float(cur.max())
+        if cp.phases == 3 and draw > 2.0:
+            tx.phases = 1 if int((cur > 1.0).sum()) == 1 else 3
+        pilot = self._pilot_a(cp_id, connector, ts)
+        log.debug("[%s] sample %s draw %.1f pilot %s", cp_id, ts, draw, pilot)
+        if pilot is None or pilot < cp.min_current_a:
+            return
+        if draw < pilot - 1.5:
+            tx.under += 1
+            if tx.under >= 2:
+                tx.learned_max_a = min(max(draw + 1.0, cp.min_current_a), cp.max_current_a)
+        else:
+            tx.under = 0
+            if tx.learned_max_a is not None and draw >= pilot - 0.5:
+                tx.learned_max_a = None  # it takes all it is given: offer it more again
+
+    def _pilot_a(self, cp_id: str, connector: int, at: datetime) -> float | None:
+        if self.pilot_lookup is not None:
+            return self.pilot_lookup(cp_id, connector, at)
+        try:
+            state = self.gateway.central.point(cp_id)
+        except KeyError:
+            return None
+        entry = state.dispatched.get(connector)
+        if entry is None:
+            return None
+        return limit_at(entry[0], at, voltage_v=self.voltage_v, phases=state.phases)
+
+    # -- estimates -------------------------------------------------------------------------
+    def estimate(self, cp_id: str, tx: _Tx) -> tuple[datetime, float, str]:
+        """``(departure, energy [kWh], source)`` for a running transaction."""
+        d = self.defaults
+        stay_h, kwh, source = None, None, "default"
+        if self.needs is not None:
+            declared = self.needs.transaction(tx.id)
+            if declared is not None:
+                if declared.departure is not None:
+                    stay_h = (declared.departure - tx.start).total_seconds() / 3600.0
+                kwh = declared.energy_kwh
+                source = "driver"
+            if tx.id_tag and (stay_h is None or kwh is None):
+                prof = self.needs.tag_profile(tx.id_tag)
+                if prof is not None:
+                    stay_h = stay_h if stay_h is not None else prof[0]
+                    kwh = kwh if kwh is not None else prof[1]
+                    source = "driver" if source == "driver" else "tag profile"
+        for hist, enough, name in (
+            (self._tag_history.get(tx.id_tag or ""), 1, "id tag history"),
+            (self._station_history.get(cp_id), d.station_min_sessions, "station history"),
+        ):
+            if (stay_h is None or kwh is None) and hist and len(hist) >= enough:
+                stay_h = stay_h if stay_h is not None else statistics.median(h[0] for h in hist)
+                kwh = kwh if kwh is not None else statistics.median(h[1] for h in hist)
+                source = name if source == "default" else source
+        stay_h = d.stay_h if stay_h is None else stay_h
+        kwh = d.energy_kwh if kwh is None else kwh
+        return tx.start + timedelta(hours=stay_h), float(kwh), source
+
+    # -- LiveSite --------------------------------------------------------------------------
+    def observe(self, now: datetime) -> Observation:
+        """The site at ``now`` (see :class:`scheduler.live.Observation`)."""
+        gw = self.gateway
+        connected = set(gw.connected_ids())
+        self._noncompliant = {cp for cp in self._cps if gw.is_compliant(cp) is False}
+        evs: list[EVState] = []
+        where: dict[str, tuple[str, int]] = {}
+        idle: list[tuple[str, int]] = []
+        inflexible: dict[str, np.ndarray] = {}
+        for (cp_id, c), conn in self._conns.items():
+            cp = self._cps[cp_id]
+            tx = conn.tx
+            if cp_id in self._noncompliant or cp_id not in connected:
+                if cp_id in self._noncompliant and tx is not None:
+                    a = cp.max_current_a
+                elif cp_id in connected:
+                    a = 0.0  # a liar without a transaction: re-planned when one starts
+                else:
+                    a = self._offline_limit_a(cp_id, c, now)
+                if a > 0:
+                    phases = list(cp.grid_phases(cp.phases))
+                    arr = inflexible.setdefault(cp_id, np.zeros(3))
+                    arr[phases] += a
+                continue
+            if tx is None:
+                if conn.status not in _DOWN:
+                    idle.append((cp_id, c))
+                continue
+            departure, kwh, _ = self.estimate(cp_id, tx)
+            if departure <= now:  # still here after its estimated departure: another while
+                departure = now + timedelta(hours=self.defaults.overstay_h)
+            # Planned at least to the end of a short interval, so it charges until it leaves.
+            departure = max(departure, now + timedelta(minutes=5))
+            delivered = tx.delivered_kwh
+            if kwh <= delivered + 0.1 and tx.draw_a > 1.0:
+                kwh = delivered + 2.0
+            n_ph = tx.phases or cp.phases
+            max_kw = None
+            if tx.learned_max_a is not None:
+                max_kw = tx.learned_max_a * self.voltage_v * n_ph / 1000.0
+            sid = f"tx{tx.id}"
+            evs.append(
+                EVState(
+                    session_id=sid,
+                    charge_point_id=cp_id,
+                    arrival=min(tx.start, now),
+                    departure=departure,
+                    energy_requested_kwh=kwh,
+                    energy_delivered_kwh=delivered,
+                    max_power_kw=max_kw,
+                    phases=tx.phases,
+                )
+            )
+            where[sid] = (cp_id, c)
+        return Observation(tuple(evs), where, tuple(idle), inflexible)
+
+    def _offline_limit_a(self, cp_id: str, connector: int, now: datetime) -> float:
+        """The most an offline connector may draw: the highest limit of its last profile from
+        ``now`` on, or its failsafe if none was sent (its maximum if it has no failsafe either)."""
+        cp = self._cps[cp_id]
+        fallback = self.gateway.failsafe_limit_a(cp_id)
+        fallback = cp.max_current_a if fallback is None else min(fallback, cp.max_current_a)
+        try:
+            entry = self.gateway.central.point(cp_id).dispatched.get(connector)
+        except KeyError:
+            entry = None
+        if entry is None:
+            return fallback
+        profile = entry[0]
+        phases = cp.phases
+        limits = [
+            p.limit if profile.rate_unit == "A" else p.limit / (self.voltage_v * (p.number_phases or phases))
+            for p in profile.periods
+        ]
+        return min(max([*limits, fallback]), cp.max_current_a)
+
+    def transactions(self) -> list[dict[str, Any]]:
+        """Running transactions with what the service knows and estimates (for the API)."""
+        out = []
+        for (cp_id, c), conn in self._conns.items():
+            tx = conn.tx
+            if tx is None:
+                continue
+            departure, kwh, source = self.estimate(cp_id, tx)
+            out.append(
+                {
+                    "transaction_id": tx.id,
+                    "charge_point_id": cp_id,
+                    "connector_id": c,
+                    "id_tag": tx.id_tag,
+                    "start": tx.start,
+                    "energy_delivered_kwh": round(tx.delivered_kwh, 3),
+                    "current_a": [round(float(x), 2) for x in tx.current_a],
+                    "learned_max_a": tx.learned_max_a,
+                    "phases": tx.phases,
+                    "estimated_departure": departure,
+                    "estimated_energy_kwh": kwh,
+                    "estimate_source": source,
+                }
+            )
+        return out
+
+    def measured_site_a(self) -> np.ndarray:
+        """(3,) the current the running transactions draw per grid phase, as last measured [A]."""
+        out = np.zeros(3)
+        for (cp_id, _), conn in self._conns.items():
+            if conn.tx is None:
+                continue
+            cp = self._cps[cp_id]
+            rot = cp.grid_phases(3)
+            for i, g in enumerate(rot):
+                out[g] += conn.tx.current_a[i]
+        return out
+
+    def connector_status(self) -> dict[tuple[str, int], str | None]:
+        return {k: c.status for k, c in self._conns.items()}
+
+    def close(self) -> None:
+        self.gateway.remove_listener(self._on_event)
+
+
+def _time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+# -- dispatch -------------------------------------------------------------------------------------
+class GatewayDispatcher:
+    """Sends orders through the gateway (see the module docstring). Implements
+    :class:`scheduler.live.Dispatcher`."""
+
+    def __init__(self, gateway: Gateway, *, concurrency: int = 200) -> None:
+        self.gateway = gateway
+        self.concurrency = concurrency
+        self.sent: dict[tuple[str, int], Order] = {}
+        #: Per connector, the last orders taken and when (clock time), newest last.
+        self.history: dict[tuple[str, int], deque[tuple[datetime, Order]]] = defaultdict(
+            lambda: deque(maxlen=16)
+        )
+        self._verified: set[tuple[str, int, str | None]] = set()
+        self.failures = 0
+
+    def _same(self, old: Order | None, new: Order) -> bool:
+        """Whether ``new`` sets the same limits as ``old`` from its start to the earlier end."""
+        if old is None or old.phases != new.phases or old.session_id != new.session_id:
+            return False
+        if old.end != new.end or old.plan[0][0] > new.plan[0][0]:
+            return False  # every order a point keeps must run out at the same time
+        times = sorted({t for t, _ in old.plan if t >= new.plan[0][0]} | {t for t, _ in new.plan})
+        # Compared as the dispatch rounds them (down to 0.1 A).
+        return all(_dec(_at(old, t)) == _dec(_at(new, t)) for t in times if t < new.end)
+
+    async def dispatch(self, orders: Sequence[Order], *, force: bool) -> int:
+        sem = asyncio.Semaphore(self.concurrency)
+        gw = self.gateway
+
+        async def one(o: Order) -> bool:
+            key = (o.charge_point_id, o.connector_id)
+            if not gw.is_connected(o.charge_point_id):
+                return False
+            if not force and self._same(self.sent.get(key), o):
+                return True
+            verify_key = (o.charge_point_id, o.connector_id, o.session_id)
+            async with sem:
+                try:
+                    result = await gw.dispatch_plan(
+                        o.charge_point_id, o.connector_id, list(o.plan), end=o.end, phases=o.phases,
+                        verify=o.session_id is not None and verify_key not in self._verified,
+                        also_default=o.session_id is not None,
+                    )  # fmt: skip
+                except GatewayError as e:
+                    log.warning(
+                        "[%s] dispatch to connector %d failed: %s", o.charge_point_id, o.connector_id, e
+                    )
+                    self.failures += 1
+                    self.sent.pop(key, None)
+                    return False
+            if result.status.value != "Accepted":
+                self.failures += 1
+                self.sent.pop(key, None)
+                return False
+            self.sent[key] = o
+            self.history[key].append((gw.clock(), o))
+            if o.session_id is not None:
+                self._verified.add(verify_key)
+            return True
+
+        results = await asyncio.gather(*(one(o) for o in orders))
+        return sum(results)
+
+    def forget(self, charge_point_id: str) -> None:
+        """Send this point everything again at the next re-plan (it reconnected, or its profiles
+        were cleared)."""
+        for key in [k for k in self.sent if k[0] == charge_point_id]:
+            del self.sent[key]
+
+    def pilot_a(self, charge_point_id: str, connector_id: int, at: datetime) -> float | None:
+        """The limit [A] the connector had been told for ``at`` by the orders taken before ``at``
+        (a meter sample may arrive after the next order); None if unknown."""
+        for taken_at, order in reversed(self.history.get((charge_point_id, connector_id), ())):
+            if taken_at <= at:
+                if order.plan[0][0] <= at < order.end:
+                    return _at(order, at)
+                return None
+        return None
+
+
+def _dec(a: float) -> int:
+    return math.floor(a * 10.0 + 1e-6)
+
+
+def _at(order: Order, t: datetime) -> float:
+    out = order.plan[0][1]
+    for s, a in order.plan:
+        if s <= t:
+            out = a
+        else:
+            break
+    return out
+
+
+# -- conditions -----------------------------------------------------------------------------------
+class ServiceConditions:
+    """Limits, base load and signals for the loop (see the module docstring). Implements
+    :class:`scheduler.live.ConditionsSource`."""
+
+    def __init__(
+        self,
+        site: Site,
+        *,
+        limits: Any | None = None,
+        oscp: Any | None = None,
+        base_load: Any | None = None,
+        signals: Any | None = None,
+    ) -> None:
+        self.site = site
+        self.limits = limits
+        self.oscp = oscp
+        self.base_load = base_load
+        self.signals = signals
+        self.last_source = "site file"
+
+    def limit_now_a(self, now: datetime) -> np.ndarray:
+        """(3,) the per-phase limit at the connection in force at ``now`` [A] (site file, grid
+        operator, OSCP fallback; without the section 14a floor)."""
+        limit = np.broadcast_to(np.asarray(self.site.max_current_a, dtype=float), (3,)).copy()
+        if self.limits is not None:
+            for b in self.limits.schedule(self.site.id, now).blocks:
+                if b.start <= now and (b.end is None or b.end > now):
+                    limit = np.minimum(limit, b.max_current_a)
+        if self.oscp is not None:
+            state = self.oscp.oscp_state(now)
+            if not state["online"] and state["fallback_a"] is not None:
+                limit = np.minimum(limit, float(state["fallback_a"]))
+        return limit
+
+    def conditions(self, now: datetime, step: timedelta, n: int, observation: Observation) -> Conditions:
+        from noxblock.limits import current_from_power_a, limits_series
+
+        starts = [now + i * step for i in range(n)]
+        site_limit = np.full(n, np.inf)
+        guaranteed_kw = np.zeros(n)
+        source = "site file"
+        if self.limits is not None:
+            sched = self.limits.schedule(self.site.id, now)
+            if sched.blocks:
+                site_limit = limits_series(sched, starts, step=step)
+                for b in sched.blocks:
+                    if b.min_per_point_kw:
+                        one = limits_series([b], starts, step=step)
+                        guaranteed_kw = np.where(
+                            np.isfinite(one), np.maximum(guaranteed_kw, b.min_per_point_kw), guaranteed_kw
+                        )
+                if np.isfinite(site_limit[0]):
+                    source = "grid operator"
+        if self.oscp is not None:
+            state = self.oscp.oscp_state(now)
+            if not state["online"] and state["fallback_a"] is not None:
+                site_limit = np.minimum(site_limit, float(state["fallback_a"]))
+                source = "OSCP fallback"
+        if guaranteed_kw.any() and observation.evs:
+            # Section 14a: the limit never goes below the guaranteed power of each EV charging.
+            cps = {cp.id: cp for cp in self.site.charge_points}
+            per_phase = np.zeros((n, 3))
+            for ev in observation.evs:
+                cp = cps[ev.charge_point_id]
+                n_ph = min(ev.phases or cp.phases, cp.phases)
+                a = np.minimum(
+                    current_from_power_a(1.0, self.site.voltage_v, n_ph) * guaranteed_kw, cp.max_current_a
+                )
+                a = np.where(guaranteed_kw > 0, np.maximum(a, cp.min_current_a), 0.0)
+                per_phase[:, list(cp.grid_phases(n_ph))] += a[:, None]
+            site_limit3 = np.maximum(site_limit[:, None], per_phase)
+        else:
+            site_limit3 = np.repeat(site_limit[:, None], 3, axis=1)
+        self.last_source = source
+
+        class _Arr:
+            def __init__(self, arr: np.ndarray) -> None:
+                self.arr = arr
+
+            def on_grid(self, _starts: Sequence[datetime]) -> np.ndarray:
+                return np.where(np.isfinite(self.arr), self.arr, np.nan)
+
+        return Conditions.from_series(
+            now,
+            step,
+            n,
+            base_load=self.base_load,
+            site_limit_a=_Arr(site_limit3),
+            price=None if self.signals is None else _Column(self.signals, "price_eur_per_mwh"),
+            co2=None if self.signals is None else _Column(self.signals, "co2_g_per_kwh"),
+        )
+
+
+class _Column:
+    """One column of a ``StepSeries`` as a ``TimeSeries`` (NaN where absent)."""
+
+    def __init__(self, series: Any, name: str) -> None:
+        self.series = series
+        self.name = name
+
+    def on_grid(self, starts: Sequence[datetime]) -> np.ndarray:
+        if self.name not in self.series.columns:
+            return np.full(len(starts), np.nan)
+        return np.asarray(self.series.on_grid(starts, self.name), dtype=float)
+
+
+# -- the whole loop -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ControlSettings:
+    """How the service plans: control interval, look-ahead, policy and time limits."""
+
+    step: timedelta = timedelta(minutes=5)
+    horizon: timedelta = timedelta(hours=24)
+    #: Steps beyond ``fine_span`` are this long (a multiple of ``step``); None: all ``step``.
+    coarse_step: timedelta | None = timedelta(minutes=30)
+    fine_span: timedelta = timedelta(hours=2)
+    policy: str = "milp"
+    #: HiGHS time limit of one re-plan [s].
+    solver_time_limit_s: float = 5.0
+    #: Wall time a re-plan may take before the fallback (EDF) plans instead [s].
+    deadline_s: float = 8.0
+    #: Time zone of the site (day types of the arrival forecast).
+    timezone: str = "UTC"
+    #: Wall seconds per clock second (below 1 in an accelerated demo).
+    wall_s_per_s: float = 1.0
+    defaults: Defaults = Defaults()
+
+
+class Control:
+    """The control loop of a running service: :class:`GatewaySite`, :class:`ServiceConditions`,
+    :class:`GatewayDispatcher` and :class:`scheduler.live.ControlLoop` on one gateway."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        site_config: Any,
+        data_dir: str | Path,
+        *,
+        settings: ControlSettings = ControlSettings(),
+        limits: Any | None = None,
+        oscp: Any | None = None,
+        signals: Any | None = None,
+    ) -> None:
+        from scheduler.live import ControlLoop
+        from scheduler.policies import make_policy
+        from scheduler.rolling import RollingHorizon
+
+        site: Site = site_config.site
+        self.settings = settings
+        self.site = site
+        self.needs = NeedsStore(Path(data_dir) / "live.sqlite3")
+        policy = make_policy(settings.policy, time_limit_s=settings.solver_time_limit_s, tz=settings.timezone)
+        coarse = settings.coarse_step if settings.policy in ("milp", "offline-optimal") else None
+        rolling = RollingHorizon(policy, settings.step, settings.horizon, coarse, settings.fine_span)
+        self.conditions = ServiceConditions(
+            site, limits=limits, oscp=oscp, base_load=site_config.base_load, signals=signals
+        )
+        self.dispatcher = GatewayDispatcher(gateway)
+        self.loop: ControlLoop
+        self.live = GatewaySite(
+            gateway, site, needs=self.needs, defaults=settings.defaults, on_change=self._request
+        )
+        self.live.pilot_lookup = self.dispatcher.pilot_a
+        self.loop = ControlLoop(
+            site,
+            rolling,
+            self.live,
+            self.conditions,
+            self.dispatcher,
+            clock=gateway.clock,
+            deadline_s=settings.deadline_s,
+            wall_s_per_s=settings.wall_s_per_s,
+            max_unbalance_a=site_config.max_unbalance_a,
+        )
+        self._limits = limits
+        self.gateway = gateway
+        self.started_at = gateway.clock()
+        #: (time, measured (3,), limit (3,), planned load (3,) or None) [A], oldest first.
+        self.samples: deque[tuple[datetime, np.ndarray, np.ndarray, np.ndarray | None]] = deque(maxlen=50_000)
+        self.sample_every_s = 30.0
+        self.tolerance_a = 1.0
+        self.violations = 0
+        self.max_excess_a = 0.0
+        self.peak_a = np.zeros(3)
+        self._pending_audits: list[tuple[int, datetime]] = []
+        if limits is not None:
+            limits.listeners.append(self._limit_changed)
+        gateway.add_listener(self._on_event)
+        self.loop.on_replan = lambda rec: self.sample(rec.at)
+
+    def _request(self, reason: str) -> None:
+        loop = getattr(self, "loop", None)
+        if loop is not None:
+            loop.request(reason)
+
+    def _limit_changed(self, site: str, audit_id: int) -> None:
+        if site == self.site.id:
+            self._pending_audits.append((audit_id, self.gateway.clock()))
+            self._request("limit change")
+
+    # -- what happened: samples, KPIs, the measured response to a limit --------------------
+    def _on_event(self, e: GatewayEvent) -> None:
+        if e.kind == "connected":
+            self.dispatcher.forget(e.charge_point_id)
+        elif e.kind == "call" and e.action == "MeterValues":
+            now = self.gateway.clock()
+            if self.samples and (now - self.samples[-1][0]).total_seconds() < self.sample_every_s:
+                return
+            self.sample(now)
+
+    def sample(self, now: datetime) -> None:
+        """Record the measured load against the limit in force at ``now``; settle the measured
+        response of limit requests one control interval old."""
+        measured = self.live.measured_site_a()
+        limit = self.conditions.limit_now_a(now)
+        planned = None if self.loop.last is None else np.asarray(self.loop.last.load_a)
+        self.samples.append((now, measured, limit, planned))
+        over = float(np.max(measured - limit))
+        if over > self.tolerance_a:
+            self.violations += 1
+            self.max_excess_a = max(self.max_excess_a, over)
+        np.maximum(self.peak_a, measured, out=self.peak_a)
+        due = [a for a in self._pending_audits if (now - a[1]) >= self.settings.step]
+        if due and self.conditions.limits is not None:
+            for audit_id, received in due:
+                window = [s for s in self.samples if s[0] >= received]
+                peak = np.max([s[1] for s in window], axis=0) if window else measured
+                response = {
+                    "measured_at": now.isoformat(),
+                    "measured_a": [round(float(x), 2) for x in measured],
+                    "peak_since_received_a": [round(float(x), 2) for x in peak],
+                    "limit_a": [round(float(x), 2) if math.isfinite(x) else None for x in limit],
+                    "within_limit": bool((measured <= limit + self.tolerance_a).all()),
+                    "replans_since": sum(1 for _ in window),
+                }
+                try:
+                    self.conditions.limits.set_measured_response(audit_id, response)
+                except LookupError:
+                    log.warning("limit audit %d vanished before its measured response", audit_id)
+            self._pending_audits = [a for a in self._pending_audits if a not in due]
+
+    def kpis(self) -> dict[str, Any]:
+        """Energy, sessions, peak against limit and violations since the service started."""
+        storage = self.gateway.storage
+        finished = [
+            t for t in storage.transactions(active=False, limit=1_000_000)
+            if t.stop_time is not None and t.start_time is not None and t.start_time >= self.started_at
+        ]  # fmt: skip
+        done_kwh = sum(max((t.meter_stop_wh or 0) - (t.meter_start_wh or 0), 0) for t in finished) / 1000.0
+        running = self.live.transactions()
+        run_kwh = sum(t["energy_delivered_kwh"] for t in running)
+        limits = [s[2] for s in self.samples]
+        min_limit = np.min(limits, axis=0) if limits else np.full(3, np.inf)
+        return {
+            "since": self.started_at,
+            "energy_delivered_kwh": round(done_kwh + run_kwh, 3),
+            "sessions_finished": len(finished),
+            "sessions_running": len(running),
+            "peak_measured_a": [round(float(x), 2) for x in self.peak_a],
+            "lowest_limit_a": [round(float(x), 2) if math.isfinite(x) else None for x in min_limit],
+            "violations": self.violations,
+            "max_excess_a": round(self.max_excess_a, 2),
+            "samples": len(self.samples),
+            "replans": self.loop.replans,
+            "fallbacks": self.loop.fallbacks,
+            "non_compliant": self.gateway.non_compliant(),
+        }
+
+    def start(self) -> None:
+        self.loop.start()
+
+    async def stop(self) -> None:
+        await self.loop.stop()
+        self.gateway.remove_listener(self._on_event)
+        if self._limits is not None and self._limit_changed in self._limits.listeners:
+            self._limits.listeners.remove(self._limit_changed)
+        self.live.close()
+        self.needs.close()

@@ -1,0 +1,549 @@
+"""The live control loop: observe the site, re-plan, dispatch -- every control interval and at once
+on events. It knows nothing of OCPP: a :class:`LiveSite` gives what is plugged in now, a
+:class:`ConditionsSource` the limits, base load and signals from ``now`` on, and a
+:class:`Dispatcher` carries per-connector current plans to the points (``noxblock.live`` joins
+them to the OCPP gateway). The same :class:`~scheduler.rolling.RollingHorizon` the simulator
+replays decides.
+
+One re-plan (:meth:`ControlLoop.replan`):
+
+1. the site is observed: the controllable EVs (:class:`~scheduler.snapshot.EVState`, with what
+   they have been given and what they are estimated to want), the connectors without an EV, and
+   the load of points that cannot be steered (non-compliant or offline) as inflexible load;
+2. the conditions come on a grid that starts at ``now`` in control-interval steps; inflexible
+   load is taken off every limit on its path (:func:`take_inflexible`);
+3. the policy plans (in a worker thread, so the event loop keeps serving the points). If it
+   fails, or does not answer within ``deadline_s``, the ``fallback`` policy (EDF) plans instead
+   -- never nothing;
+4. every connector gets an :class:`Order`, the next hours of its limit: its EV's pilots while the
+   EV is planned, and on a connector without an EV (or after its EV's estimated departure) an
+   even share of the capacity the plan leaves (:func:`idle_shares_a`), 0 where the share is
+   under the point's minimum -- so a newly plugged EV may start at once and the sum of every
+   limit a point has been given keeps every node's limit at every step, even if this process
+   vanishes in the middle of the plan;
+5. the orders go out: those that lower a connector's current limit first, then the others, so
+   the site is never above its limit in between.
+
+:class:`ControlLoop` runs the periodic re-plan on ``apscheduler``; :meth:`ControlLoop.request`
+asks for an extra one after a short debounce (bursts of events coalesce into one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import numpy as np
+
+from models import ROOT, Site, TimeGrid
+from scheduler.conditions import Conditions
+from scheduler.policies import HeuristicPolicy, Policy
+from scheduler.rolling import RollingHorizon
+from scheduler.snapshot import EVState, Plan, Snapshot
+
+__all__ = [
+    "ConditionsSource",
+    "ControlLoop",
+    "Dispatcher",
+    "LiveSite",
+    "Observation",
+    "Order",
+    "ReplanRecord",
+    "idle_shares_a",
+    "take_inflexible",
+]
+
+log = logging.getLogger(__name__)
+
+
+# -- what the loop talks to ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Observation:
+    """The site as seen at one moment.
+
+    Parameters
+    ----------
+    evs : tuple of EVState
+        Controllable EVs plugged in now (their ``session_id`` keys ``connectors``).
+    connectors : mapping session id -> (charge point id, connector id)
+    idle : tuple of (charge point id, connector id)
+        Controllable connectors without an EV.
+    inflexible_a : mapping charge point id -> (3,) array
+        Per grid phase, the current a point draws or may draw that the plan cannot steer (it
+        ignores its limits, or it is offline and follows its last profile) [A].
+    """
+
+    evs: tuple[EVState, ...] = ()
+    connectors: Mapping[str, tuple[str, int]] = field(default_factory=dict)
+    idle: tuple[tuple[str, int], ...] = ()
+    inflexible_a: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+class LiveSite(Protocol):
+    """The site now: who is plugged in, what they want, which points cannot be steered."""
+
+    def observe(self, now: datetime) -> Observation: ...
+
+
+class ConditionsSource(Protocol):
+    """Limits, base load and signals from ``now`` on a grid of ``n`` steps of ``step``."""
+
+    def conditions(self, now: datetime, step: timedelta, n: int, observation: Observation) -> Conditions: ...
+
+
+@dataclass(frozen=True)
+class Order:
+    """The current plan of one connector: ``(interval start, per-phase limit [A])`` up to ``end``.
+
+    ``phases``: phases the EV draws on (None: the point's). ``session_id``: the EV it is for,
+    None on a connector without an EV.
+    """
+
+    charge_point_id: str
+    connector_id: int
+    plan: tuple[tuple[datetime, float], ...]
+    end: datetime
+    phases: int | None = None
+    session_id: str | None = None
+
+    @property
+    def first_a(self) -> float:
+        """The limit of the first interval [A]."""
+        return self.plan[0][1]
+
+
+class Dispatcher(Protocol):
+    """Sends orders to the points; answers how many were taken."""
+
+    async def dispatch(self, orders: Sequence[Order], *, force: bool) -> int: ...
+
+
+@dataclass(frozen=True)
+class ReplanRecord:
+    """What one re-plan did (for the API, the dashboard and ``/metrics``)."""
+
+    at: datetime
+    reason: str
+    policy: str
+    status: str
+    evs: int
+    idle: int
+    inflexible: int
+    solve_s: float
+    replan_s: float
+    gap: float | None
+    dispatched: int
+    orders: int
+    limit_a: tuple[float, float, float]
+    load_a: tuple[float, float, float]
+
+    @property
+    def headroom_a(self) -> tuple[float, float, float]:
+        """Site limit minus planned load (pilots, base and inflexible load) per phase, first step [A]."""
+        return tuple(lim - ld for lim, ld in zip(self.limit_a, self.load_a, strict=True))  # type: ignore[return-value]
+
+
+# -- pure helpers -------------------------------------------------------------------------------
+def _phase_index(site: Site) -> tuple[dict[str, int], list[str]]:
+    nodes = [nd.id for nd in site.nodes]
+    return {nid: i for i, nid in enumerate(nodes)}, nodes
+
+
+def take_inflexible(conditions: Conditions, site: Site, inflexible_a: Mapping[str, np.ndarray]) -> Conditions:
+    """``conditions`` with each point's inflexible load taken off every limit on its path [A].
+
+    A node without a time-varying limit gets one (its static limit minus the load), so a feeder
+    that carries a point that ignores its limits is kept too, not only the connection.
+    """
+    if not inflexible_a:
+        return conditions
+    static = {nd.id: np.asarray(nd.max_current_a, dtype=float) for nd in site.nodes}
+    load = {nid: np.zeros(3) for nid in static}
+    for cp_id, a in inflexible_a.items():
+        cp = site.charge_point(cp_id)
+        for nid in site.ancestors(cp.node_id):
+            load[nid] += np.asarray(a, dtype=float)
+    limits = dict(conditions.node_limits_a)
+    for nid, extra in load.items():
+        if not extra.any():
+            continue
+        base = limits.get(nid)
+        if base is None:
+            base = np.broadcast_to(static[nid], (conditions.n, 3))
+        limits[nid] = np.minimum(base, static[nid]) - extra
+    return Conditions(
+        start=conditions.start,
+        step=conditions.step,
+        n=conditions.n,
+        base_load_a=conditions.base_load_a,
+        node_limits_a=limits,
+        price_eur_per_mwh=conditions.price_eur_per_mwh,
+        co2_g_per_kwh=conditions.co2_g_per_kwh,
+    )
+
+
+def idle_shares_a(
+    snapshot: Snapshot,
+    plan: Plan,
+    connectors: Sequence[tuple[str, str | None]],
+) -> np.ndarray:
+    """Per connector and step: the limit to give a connector that has no planned EV then [A].
+
+    ``connectors`` lists ``(charge point id, session id or None)``; a connector's row is its
+    EV's pilots while the EV is present in the plan, and elsewhere an even share of what the
+    plan leaves on every node on its path and phase (the headroom of the snapshot's limits minus
+    base load minus every planned pilot), the smallest share on its path, capped at the point's
+    maximum, rounded down to 0.1 A and 0 under its minimum. Returns a ``(len(connectors), T)``
+    array.
+    """
+    site = snapshot.site
+    grid = snapshot.grid
+    t = grid.n_steps
+    index, nodes = _phase_index(site)
+    cps = {cp.id: cp for cp in site.charge_points}
+    row = {sid: i for i, sid in enumerate(plan.session_ids)}
+    evs = {ev.session_id: ev for ev in snapshot.evs}
+    starts = np.array([s.timestamp() for s in grid.starts])
+    ends = np.array([b.timestamp() for b in grid.boundaries[1:]])
+    # room[node, phase, step]
+    room = np.empty((len(nodes), 3, t))
+    for nd in site.nodes:
+        lim = np.broadcast_to(np.asarray(nd.max_current_a, dtype=float)[:, None], (3, t)).copy()
+        extra = snapshot.node_limits_a.get(nd.id)
+        if extra is not None:
+            lim = np.minimum(lim, np.asarray(extra, dtype=float).T)
+        room[index[nd.id]] = lim
+    if snapshot.base_load_a is not None:
+        room[index[ROOT]] -= np.asarray(snapshot.base_load_a, dtype=float).T
+    out = np.zeros((len(connectors), t))
+    occupied = np.zeros((len(connectors), t), dtype=bool)
+    for c, (cp_id, sid) in enumerate(connectors):
+        if sid is None or sid not in row:
+            continue
+        ev = evs[sid]
+        present = (ends > ev.arrival.timestamp()) & (starts < ev.departure.timestamp())
+        occupied[c] = present
+        pilots = np.where(present, plan.pilot_a[row[sid]], 0.0)
+        out[c] = pilots
+        cp = cps[cp_id]
+        phases = list(cp.grid_phases(ev.phases or cp.phases))
+        for nid in site.ancestors(cp.node_id):
+            room[index[nid]][phases] -= pilots
+    count = np.zeros((len(nodes), 3, t))
+    paths: list[tuple[list[int], list[int]]] = []
+    for c, (cp_id, _) in enumerate(connectors):
+        cp = cps[cp_id]
+        phases = list(cp.grid_phases(cp.phases))
+        path = [index[nid] for nid in site.ancestors(cp.node_id)]
+        paths.append((path, phases))
+        free = ~occupied[c]
+        for n in path:
+            count[n][phases] += free
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(count > 0, np.maximum(room, 0.0) / count, np.inf)
+    for c, (cp_id, _) in enumerate(connectors):
+        free = ~occupied[c]
+        if not free.any():
+            continue
+        cp = cps[cp_id]
+        path, phases = paths[c]
+        a = share[np.ix_(path, phases)].reshape(-1, t).min(axis=0)
+        a = np.minimum(a, cp.max_current_a)
+        a = np.floor(a * 10.0 + 1e-9) / 10.0
+        a = np.where(a >= cp.min_current_a, a, 0.0)
+        out[c] = np.where(free, a, out[c])
+    return out
+
+
+def _site_load_a(snapshot: Snapshot, plan: Plan, step: int = 0) -> np.ndarray:
+    """(3,) planned load at the connection in ``step``: base load plus every pilot [A]."""
+    load = np.zeros(3)
+    if snapshot.base_load_a is not None:
+        load += np.asarray(snapshot.base_load_a, dtype=float)[step]
+    cps = {cp.id: cp for cp in snapshot.site.charge_points}
+    for i, ev in enumerate(snapshot.evs):
+        cp = cps[ev.charge_point_id]
+        load[list(cp.grid_phases(ev.phases or cp.phases))] += plan.pilot_a[i, step]
+    return load
+
+
+# -- the loop -----------------------------------------------------------------------------------
+class ControlLoop:
+    """Re-plans and dispatches; see the module docstring.
+
+    Parameters
+    ----------
+    site : Site
+    rolling : RollingHorizon
+        Policy, control interval (``rolling.step``) and look-ahead.
+    live, conditions, dispatcher
+        The three sides (protocols above).
+    clock : callable
+        Aware-UTC ``now`` (the gateway's clock, so an accelerated demo runs on one time).
+    fallback : Policy
+        Plans when ``rolling.policy`` fails or misses ``deadline_s`` (default EDF).
+    deadline_s : float
+        Wall time the policy has before the fallback plans instead [s].
+    wall_s_per_s : float
+        Wall seconds per clock second (1; less in an accelerated demo): the periodic re-plan
+        runs every ``rolling.step`` of clock time.
+    debounce_s : float
+        Wall time an event waits for others before its re-plan [s].
+    """
+
+    def __init__(
+        self,
+        site: Site,
+        rolling: RollingHorizon,
+        live: LiveSite,
+        conditions: ConditionsSource,
+        dispatcher: Dispatcher,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        fallback: Policy | None = None,
+        deadline_s: float = 10.0,
+        wall_s_per_s: float = 1.0,
+        debounce_s: float = 0.2,
+        max_unbalance_a: float | None = None,
+        on_replan: Callable[[ReplanRecord], None] | None = None,
+    ) -> None:
+        from models.baselines import edf
+
+        if not deadline_s > 0:
+            raise ValueError(f"deadline_s: must be > 0, got {deadline_s}")
+        self.site = site
+        self.rolling = rolling
+        self.live = live
+        self.source = conditions
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.fallback = fallback or HeuristicPolicy("edf", edf)
+        self.deadline_s = deadline_s
+        self.wall_s_per_s = wall_s_per_s
+        self.debounce_s = debounce_s
+        self.on_replan = on_replan
+        self.max_unbalance_a = max_unbalance_a
+        self.last: ReplanRecord | None = None
+        self.snapshot: Snapshot | None = None
+        self.plan: Plan | None = None
+        self.orders: dict[tuple[str, int], Order] = {}
+        self.replans = 0
+        self.fallbacks = 0
+        self._lock = asyncio.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="noxblock-plan")
+        self._busy: Any = None  # the policy's future while it runs (it may outlive a deadline)
+        self._scheduler: Any = None
+        self._pending: list[str] = []
+        self._end: datetime | None = None  # end of the last full re-plan's grid
+
+    # -- running ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the periodic re-plan (``apscheduler``) and plan once at once."""
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        period_s = self.rolling.step.total_seconds() * self.wall_s_per_s
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        self._scheduler.add_job(
+            self._job,
+            "interval",
+            seconds=period_s,
+            args=("interval",),
+            id="interval",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=max(int(period_s), 1),
+            next_run_time=datetime.now(UTC),
+        )
+        self._scheduler.start()
+        log.info(
+            "control loop: re-plan every %.0f s (%g s wall)", self.rolling.step.total_seconds(), period_s
+        )
+
+    async def stop(self) -> None:
+        """Stop planning (a running re-plan finishes first)."""
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        async with self._lock:
+            pass
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def request(self, reason: str) -> None:
+        """Ask for a re-plan soon (events: plug-in, transaction start or stop, a new limit, ...)."""
+        self._pending.append(reason)
+        if self._scheduler is None:
+            return
+        run_at = datetime.now(UTC) + timedelta(seconds=self.debounce_s)
+        self._scheduler.add_job(
+            self._job,
+            "date",
+            run_date=run_at,
+            args=("event",),
+            id="event",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
+
+    async def _job(self, kind: str) -> None:
+        try:
+            await self.replan(kind)
+        except Exception:  # the loop must live on; the next interval tries again
+            log.exception("re-plan failed")
+
+    # -- one re-plan ----------------------------------------------------------------------
+    async def replan(self, reason: str = "manual", *, force: bool | None = None) -> ReplanRecord:
+        """Observe, plan and dispatch once. ``force``: re-send unchanged orders too (default on
+        the periodic re-plan, so a point that lost its profiles gets them back)."""
+        async with self._lock:
+            if reason == "event" and self._pending:
+                reason = ", ".join(sorted(set(self._pending)))
+            self._pending.clear()
+            return await self._replan(reason, force if force is not None else reason == "interval")
+
+    async def _replan(self, reason: str, force: bool) -> ReplanRecord:
+        t0 = time.perf_counter()
+        now = self.clock()
+        obs = self.live.observe(now)
+        rolling = self.rolling
+        grid = self._grid(now, obs, force)
+        n = max(1, math.ceil((grid.end - now) / rolling.step))
+        raw = self.source.conditions(now, rolling.step, n, obs)
+        conditions = take_inflexible(raw, self.site, obs.inflexible_a)
+        plan, snapshot = await self._plan(now, obs, conditions, grid)
+        orders = self._orders(obs, snapshot, plan)
+        downs = [o for o in orders if self._lowers(o)]
+        ups = [o for o in orders if not self._lowers(o)]
+        dispatched = 0
+        if downs:
+            dispatched += await self.dispatcher.dispatch(downs, force=force)
+        if ups:
+            dispatched += await self.dispatcher.dispatch(ups, force=force)
+        self.orders = {(o.charge_point_id, o.connector_id): o for o in orders}
+        self.snapshot, self.plan = snapshot, plan
+        limit = np.minimum(np.asarray(self.site.max_current_a, dtype=float), raw.site_limit_a(raw.index(now)))
+        load = _site_load_a(snapshot, plan) + sum(obs.inflexible_a.values(), np.zeros(3))
+        record = ReplanRecord(
+            at=now,
+            reason=reason,
+            policy=plan.policy,
+            status=plan.status,
+            evs=len(obs.evs),
+            idle=len(obs.idle),
+            inflexible=len(obs.inflexible_a),
+            solve_s=plan.solve_s,
+            replan_s=time.perf_counter() - t0,
+            gap=plan.gap,
+            dispatched=dispatched,
+            orders=len(orders),
+            limit_a=tuple(float(x) for x in limit),  # type: ignore[arg-type]
+            load_a=tuple(float(x) for x in load),  # type: ignore[arg-type]
+        )
+        self.last = record
+        self.replans += 1
+        log.info(
+            "re-plan (%s): %d EVs, %d idle connectors, %d inflexible points; %s %s in %.2f s "
+            "(solve %.2f s), %d of %d orders sent; headroom %s A",
+            reason, record.evs, record.idle, record.inflexible, plan.policy, plan.status,
+            record.replan_s, plan.solve_s, dispatched, len(orders),
+            "/".join(f"{h:.1f}" for h in record.headroom_a),
+        )  # fmt: skip
+        if self.on_replan is not None:
+            self.on_replan(record)
+        return record
+
+    def _grid(self, now: datetime, obs: Observation, full: bool) -> TimeGrid:
+        """The planning grid. A full (periodic) re-plan plans to the horizon and fixes the end;
+        a re-plan on an event between two full ones plans to that same end, so every order a
+        point keeps runs out at one time and all points fall back to their failsafe together
+        (an order that did not change need not be sent again)."""
+        step = self.rolling.step
+        if not obs.evs:
+            return TimeGrid((now, now + step))
+        end = self._end
+        if full or end is None or end - now < step:
+            grid = self.rolling.grid(now, obs.evs)
+            self._end = grid.end
+            return grid
+        b = [now]
+        while b[-1] + step < end:
+            b.append(b[-1] + step)
+        b.append(end)
+        return TimeGrid(tuple(b))
+
+    def _lowers(self, order: Order) -> bool:
+        old = self.orders.get((order.charge_point_id, order.connector_id))
+        return old is None or order.first_a < old.first_a
+
+    async def _plan(
+        self, now: datetime, obs: Observation, conditions: Conditions, grid: TimeGrid
+    ) -> tuple[Plan, Snapshot]:
+        rolling = self.rolling
+        snapshot = (
+            rolling.snapshot(
+                now, self.site, obs.evs, conditions, max_unbalance_a=self.max_unbalance_a, grid=grid
+            )
+            if obs.evs
+            else None
+        )
+        if snapshot is None:
+            grid = TimeGrid((now, now + rolling.step))
+            base, limits, signals = conditions.window(grid)
+            snapshot = Snapshot(now, self.site, grid, (), base, limits, signals)
+            return Plan(grid, (), np.zeros((0, 1)), rolling.policy.name), snapshot
+        loop = asyncio.get_running_loop()
+        why = None
+        if self._busy is not None and not self._busy.done():
+            why = "previous plan still running"
+        else:
+            fut = loop.run_in_executor(self._pool, rolling.policy.plan, snapshot)
+            self._busy = fut
+            try:
+                plan = await asyncio.wait_for(asyncio.shield(fut), self.deadline_s)
+                return plan, snapshot
+            except TimeoutError:
+                why = f"no plan within {self.deadline_s:g} s"
+            except Exception as e:  # a failing policy must not leave the site without a plan
+                log.exception("policy %s failed", rolling.policy.name)
+                why = f"{type(e).__name__}: {e}"
+        self.fallbacks += 1
+        log.warning("%s: %s; %s plans instead", rolling.policy.name, why, self.fallback.name)
+        # The heuristics plan every step of the grid they are given (EDF tracks what each EV
+        # has had), so the orders of a fallback stay within the limits of every step too.
+        p = self.fallback.plan(snapshot)
+        plan = Plan(
+            p.grid, p.session_ids, p.pilot_a, p.policy, solve_s=p.solve_s,
+            status=f"fallback:{self.fallback.name} ({why})",
+        )  # fmt: skip
+        return plan, snapshot
+
+    def _orders(self, obs: Observation, snapshot: Snapshot, plan: Plan) -> list[Order]:
+        conns: list[tuple[str, int, str | None]] = [
+            (*obs.connectors[ev.session_id], ev.session_id) for ev in obs.evs
+        ]
+        conns += [(cp, c, None) for cp, c in obs.idle]
+        if not conns:
+            return []
+        limits = idle_shares_a(snapshot, plan, [(cp, sid) for cp, _, sid in conns])
+        starts = snapshot.grid.starts
+        evs = {ev.session_id: ev for ev in snapshot.evs}
+        out = []
+        for (cp, c, sid), row in zip(conns, limits, strict=True):
+            phases = evs[sid].phases if sid is not None else None
+            out.append(
+                Order(
+                    cp,
+                    c,
+                    tuple((s, float(a)) for s, a in zip(starts, row, strict=True)),
+                    snapshot.grid.end,
+                    phases,
+                    sid,
+                )
+            )
+        return out
