@@ -130,7 +130,7 @@ def loop_metrics(control: Control) -> str:
         "noxblock_limit_amperes", "gauge", "Per-phase limit at the connection in force.",
         [(f'{{phase="{p}"}}', h) for p, h in zip(phases, rec.limit_a, strict=True)] if rec else [],
     )  # fmt: skip
-    measured = control.live.measured_site_a()
+    measured = control.live.measured_site_a(control.gateway.clock())
     metric(
         "noxblock_measured_load_amperes", "gauge", "Current the running transactions draw, per phase.",
         [(f'{{phase="{p}"}}', float(a)) for p, a in zip(phases, measured, strict=True)],
@@ -218,7 +218,7 @@ def add_live_routes(app: FastAPI, control: Control, tokens: TokenStore) -> None:
             "site_max_current_a": list(
                 np.broadcast_to(np.asarray(control.site.max_current_a, dtype=float), 3)
             ),
-            "measured_a": [round(float(a), 2) for a in control.live.measured_site_a()],
+            "measured_a": [round(float(a), 2) for a in control.live.measured_site_a(now)],
             "last_replan": None
             if rec is None
             else {

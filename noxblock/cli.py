@@ -10,7 +10,9 @@ Sub-commands:
   ``revoke ID``), kept as hashes in ``DATA_DIR/api.sqlite3``; ``create`` prints the token as the
   last line of its output, the only time it is shown;
 
-* ``demo``: a seeded NOX-Block-like lamppost district planned by every policy (uncontrolled,
+* ``demo``: ``serve`` with 20 simulated lamppost points replaying a real day on an accelerated
+  clock, a grid operator's cut halfway, and a KPI summary (:mod:`noxblock.demo`);
+* ``district``: a seeded NOX-Block-like lamppost district planned by every policy (uncontrolled,
   equal share, EDF, LLF and the MILP), with a table of what each delivers, how close it runs to
   the connection limit, what it emits and costs, and how long it took.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -85,7 +88,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     problem = lamppost_district(args.sessions, seed=args.seed)
     site = problem.site
     print(
-        f"noxblock demo: {len(problem.sessions)} EV sessions on {len(site.charge_points)} lamppost "
+        f"noxblock district: {len(problem.sessions)} EV sessions on {len(site.charge_points)} lamppost "
         f"points ({len(site.groups)} cables and feeders), {problem.n_steps} steps of 15 min, "
         f"connection limit {min(site.max_current_a):.0f} A per phase incl. base load"
     )
@@ -227,10 +230,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="noxblock", description="Smart charging for city grids.")
     ap.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = ap.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="plan a seeded lamppost district with every policy")
-    demo.add_argument("--sessions", type=int, default=300, help="EV sessions in the day")
-    demo.add_argument("--seed", type=int, default=1)
-    demo.set_defaults(func=cmd_demo)
+    from noxblock import demo as live_demo
+
+    demo = sub.add_parser(
+        "demo", help="the service with 20 simulated lamppost points replaying a real day, accelerated"
+    )
+    live_demo.add_arguments(demo)
+    demo.set_defaults(func=live_demo.run)
+    district = sub.add_parser(
+        "district", help="plan a seeded lamppost district with every policy (no service)"
+    )
+    district.add_argument("--sessions", type=int, default=300, help="EV sessions in the day")
+    district.add_argument("--seed", type=int, default=1)
+    district.set_defaults(func=cmd_demo)
 
     from noxblock import simulate as sim
 
@@ -253,7 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.command == "serve":  # a config file and NOXBLOCK_* variables, under the command line
+        from noxblock import serve
+
+        sub = next(a for a in ap._actions if isinstance(a, argparse._SubParsersAction))
+        serve_parser = sub.choices["serve"]
+        try:
+            defaults = serve.config_defaults(serve_parser, args.config or os.environ.get("NOXBLOCK_CONFIG"))
+        except serve.ConfigFileError as e:
+            print(f"noxblock serve: {e}", file=sys.stderr)
+            return 2
+        if defaults:
+            serve_parser.set_defaults(**defaults)
+            args = ap.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

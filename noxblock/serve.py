@@ -33,7 +33,7 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +102,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="environment variable holding the token the grid operator's OSCP 2.0 capacity provider "
         "sends (Authorization: Token ...); unset: no OSCP endpoints (default NOXBLOCK_OSCP_TOKEN)",
     )
+    parser.add_argument(
+        "--config",
+        metavar="TOML",
+        help="optional config file: a [serve] table whose keys are these options' long names with"
+        " underscores (control_interval_s = 300). Environment variables NOXBLOCK_<NAME> (e.g."
+        " NOXBLOCK_CONTROL_INTERVAL_S) override it; the command line overrides both",
+    )
+    ctl = parser.add_argument_group("control loop (re-plans and dispatch)")
+    ctl.add_argument(
+        "--no-control", action="store_true", help="gateway and API only: no planning, no dispatch"
+    )
+    ctl.add_argument(
+        "--control-interval-s",
+        type=_positive_float,
+        default=300.0,
+        metavar="S",
+        help="control interval: a re-plan every this many seconds, and at once on events [s] (default 300)",
+    )
+    ctl.add_argument(
+        "--horizon-h",
+        type=_positive_float,
+        default=24.0,
+        metavar="H",
+        help="look-ahead of a plan [h] (default 24)",
+    )
+    ctl.add_argument(
+        "--policy",
+        choices=("milp", "edf", "llf", "equal-share"),
+        default="milp",
+        help="planning policy (default milp: the rolling-horizon MILP)",
+    )
+    ctl.add_argument(
+        "--solver-time-limit-s",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="HiGHS time limit of one re-plan [s] (default 5)",
+    )
+    ctl.add_argument(
+        "--replan-deadline-s",
+        type=_positive_float,
+        default=8.0,
+        metavar="S",
+        help="wall time a re-plan may take before EDF plans instead [s] (default 8)",
+    )
+    ctl.add_argument(
+        "--timezone", default="UTC", help="the site's time zone (day types of forecasts; default UTC)"
+    )
+    ctl.add_argument(
+        "--signals", metavar="CSV", help="price and CO2 signals (the simulate format) to plan with"
+    )
+    ctl.add_argument(
+        "--default-stay-h",
+        type=_positive_float,
+        default=8.0,
+        metavar="H",
+        help="stay assumed when neither driver nor history tells [h] (default 8)",
+    )
+    ctl.add_argument(
+        "--default-energy-kwh",
+        type=_positive_float,
+        default=15.0,
+        metavar="KWH",
+        help="energy assumed when neither driver nor history tells [kWh] (default 15)",
+    )
     parser.add_argument("--tls-cert", help="server certificate (PEM): serve wss:// (security profile 2)")
     parser.add_argument("--tls-key", help="private key of --tls-cert (PEM)")
     parser.add_argument("--tls-client-ca", help="CA (PEM) for client certificates (security profile 3)")
@@ -161,6 +226,102 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_default("handshake_burst"),
         help="connections one address may open at once before --handshake-rate-per-s applies"
         " [connections] (default %(default)s)",
+    )
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+class ConfigFileError(Exception):
+    """A bad config file or environment variable (exit code 2)."""
+
+
+def config_defaults(
+    parser: argparse.ArgumentParser, config_path: str | None, environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Option values from the config file's ``[serve]`` table and ``NOXBLOCK_<NAME>`` variables
+    (environment over file), converted and checked like the command line's. Raises
+    :class:`ConfigFileError` naming the file or variable and the key."""
+    import tomllib
+
+    environ = os.environ if environ is None else environ
+    actions = {
+        a.dest: a
+        for a in parser._actions  # argparse has no public list of its options
+        if a.option_strings and a.dest not in ("help", "config", "site")
+    }
+    values: dict[str, tuple[Any, str]] = {}
+    if config_path:
+        try:
+            with open(config_path, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as e:
+            raise ConfigFileError(f"{config_path}: {e.strerror or e}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigFileError(f"{config_path}: {e}") from e
+        table = doc.get("serve", {})
+        if not isinstance(table, dict):
+            raise ConfigFileError(f"{config_path}: [serve] must be a table")
+        for key, value in table.items():
+            dest = key.replace("-", "_")
+            if dest not in actions:
+                raise ConfigFileError(f"{config_path}: [serve] {key}: unknown option")
+            values[dest] = (value, f"{config_path}: [serve] {key}")
+    for dest in actions:
+        name = f"NOXBLOCK_{dest.upper()}"
+        if name in environ:
+            values[dest] = (environ[name], f"environment variable {name}")
+    out: dict[str, Any] = {}
+    for dest, (raw, where) in values.items():
+        action = actions[dest]
+        try:
+            if isinstance(action, argparse._StoreTrueAction):
+                if isinstance(raw, bool):
+                    value = raw
+                elif str(raw).lower() in ("1", "true", "yes", "on"):
+                    value = True
+                elif str(raw).lower() in ("0", "false", "no", "off", ""):
+                    value = False
+                else:
+                    raise ValueError(f"expected true or false, got {raw!r}")
+            else:
+                value = action.type(str(raw)) if action.type is not None else raw
+            if action.choices is not None and value not in action.choices:
+                raise ValueError(f"expected one of {', '.join(map(str, action.choices))}, got {raw!r}")
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            raise ConfigFileError(f"{where}: {e}") from e
+        out[dest] = value
+    return out
+
+
+def control_settings(args: argparse.Namespace) -> Any:
+    """The control loop's settings from the options; None with ``--no-control``."""
+    from datetime import timedelta
+
+    from noxblock.live import ControlSettings, Defaults
+
+    if getattr(args, "no_control", False):
+        return None
+    step = timedelta(seconds=args.control_interval_s)
+    horizon = max(timedelta(hours=args.horizon_h), step)
+    coarse = step * max(1, round(1800 / args.control_interval_s)) if args.control_interval_s < 1800 else None
+    return ControlSettings(
+        step=step,
+        horizon=horizon,
+        coarse_step=coarse,
+        fine_span=max(timedelta(hours=2), step),
+        policy=args.policy,
+        solver_time_limit_s=args.solver_time_limit_s,
+        deadline_s=args.replan_deadline_s,
+        timezone=args.timezone,
+        defaults=Defaults(stay_h=args.default_stay_h, energy_kwh=args.default_energy_kwh),
     )
 
 
@@ -318,6 +479,7 @@ async def start_services(
     site_config: Any | None = None,
     control: Any | None = None,
     clock: Any | None = None,
+    signals: Any | None = None,
 ) -> Services:
     """Open the stores in ``data_dir``, start the OCPP server and the REST API (ports may be 0).
 
@@ -366,7 +528,9 @@ async def start_services(
         from noxblock.api_live import add_live_routes
         from noxblock.live import Control
 
-        ctl = Control(gateway, site_config, data_dir, settings=control, limits=limits, oscp=oscp)
+        ctl = Control(
+            gateway, site_config, data_dir, settings=control, limits=limits, oscp=oscp, signals=signals
+        )
         app.state.control = ctl
         add_live_routes(app, ctl, stores[0])
     server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
@@ -381,14 +545,23 @@ async def start_services(
 async def _serve(config: GatewayConfig, args: argparse.Namespace) -> None:
     from scheduler.loaders import load_site
 
+    site_config = load_site(args.site)
+    signals = None
+    if args.signals:
+        from scheduler.loaders import load_signals
+
+        signals = load_signals(args.signals)
     services = await start_services(
         config,
         args.data_dir,
         host=args.host,
         port=args.port,
         api_port=args.api_port,
-        site_id=load_site(args.site).site.id,
+        site_id=site_config.site.id,
         oscp_token=os.environ.get(args.oscp_token_env) or None,
+        site_config=site_config,
+        control=control_settings(args),
+        signals=signals,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

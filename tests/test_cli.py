@@ -8,8 +8,8 @@ import sys
 from noxblock.cli import POLICIES, main
 
 
-def test_demo_prints_every_policy_and_only_uncontrolled_overloads(capsys) -> None:
-    assert main(["demo", "--sessions", "60", "--seed", "3"]) == 0
+def test_district_prints_every_policy_and_only_uncontrolled_overloads(capsys) -> None:
+    assert main(["district", "--sessions", "60", "--seed", "3"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
     for name in POLICIES:
@@ -20,10 +20,10 @@ def test_demo_prints_every_policy_and_only_uncontrolled_overloads(capsys) -> Non
     assert float(rows["milp"][1]) >= max(float(rows[n][1]) for n in ("equal-share", "edf", "llf")) - 1e-6
 
 
-def test_demo_output_is_not_interrupted_by_the_solver_banner() -> None:
+def test_district_output_is_not_interrupted_by_the_solver_banner() -> None:
     # A fresh process: the HiGHS banner is written to fd 1 when the first solver is made.
     proc = subprocess.run(
-        [sys.executable, "-m", "noxblock.cli", "demo", "--sessions", "20"],
+        [sys.executable, "-m", "noxblock.cli", "district", "--sessions", "20"],
         capture_output=True,
         text=True,
         check=False,
@@ -36,4 +36,4 @@ def test_demo_output_is_not_interrupted_by_the_solver_banner() -> None:
 def test_console_script_without_command_exits_2() -> None:
     proc = subprocess.run([sys.executable, "-m", "noxblock.cli"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
-    assert "demo" in proc.stderr
+    assert "district" in proc.stderr
