@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check models scheduler ocpp_gateway noxblock tests bench
 	$(BIN)/ruff format --check models scheduler ocpp_gateway noxblock tests bench
 
-test: lint
+# The dashboard test drives Debian's chromium headless (installed here when missing and root).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver (Debian) for the dashboard test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium chromium-driver >/dev/null; \
+	else echo "no chromium/chromedriver: the dashboard test will be skipped (apt-get install chromium chromium-driver)"; fi
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

@@ -12,7 +12,7 @@ charge point, transaction or site, 409 when the point is offline or refuses.
 # dependencies from the annotations at runtime.
 import logging
 import math
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import Enum, StrEnum
 from typing import Annotated, Any, Literal
 
@@ -208,13 +208,26 @@ def add_live_routes(app: FastAPI, control: Control, tokens: TokenStore) -> None:
         if schedule is not None:
             for b in schedule.blocks:
                 if b.start <= now and (b.end is None or b.end > now):
-                    in_force = {"start": b.start, "end": b.end, "max_current_a": b.max_current_a,
-                                "min_per_point_kw": b.min_per_point_kw, "audit_id": b.audit_id}  # fmt: skip
+                    audit = None if b.audit_id is None else control.conditions.limits.audit_record(b.audit_id)
+                    in_force = {
+                        "start": b.start, "end": b.end, "max_current_a": b.max_current_a,
+                        "min_per_point_kw": b.min_per_point_kw, "audit_id": b.audit_id,
+                        "set_by": None if audit is None else {
+                            "role": audit.role, "token_id": audit.token_id, "received_at": audit.received_at,
+                        },
+                    }  # fmt: skip
+        upcoming = [
+            {"start": b.start, "end": b.end, "max_current_a": b.max_current_a}
+            for b in (schedule.blocks if schedule is not None else ())
+            if b.start > now
+        ][:10]
         return {
             "site": site_id,
             "now": now,
             "limit_source": control.conditions.last_source,
             "limit_block": in_force,
+            "limit_now_a": [_f(x) for x in control.conditions.limit_now_a(now)],
+            "upcoming_limits": upcoming,
             "site_max_current_a": list(
                 np.broadcast_to(np.asarray(control.site.max_current_a, dtype=float), 3)
             ),
@@ -242,6 +255,29 @@ def add_live_routes(app: FastAPI, control: Control, tokens: TokenStore) -> None:
             "fallbacks": loop.fallbacks,
             "non_compliant": gateway.non_compliant(),
             "sessions": control.live.transactions(),
+        }
+
+    @app.get(f"{API_PREFIX}/sites/{{site}}/history", tags=tags)
+    async def get_history(
+        site: str, hours: Annotated[float, Query(gt=0, le=168, description="how far back [h]")] = 24.0
+    ) -> dict[str, Any]:
+        """Load per phase against the limit over time: one sample per re-plan and at most one per
+        30 s of meter values (``measured_a``: last meter values, a compliant point counted at most
+        at its limit; ``planned_a``: the last plan's first interval)."""
+        check_site(site)
+        since = gateway.clock() - timedelta(hours=hours)
+        rows = [s for s in control.samples if s[0] >= since][-2000:]
+        return {
+            "site": site_id,
+            "samples": [
+                {
+                    "time": t,
+                    "measured_a": [round(float(x), 2) for x in m],
+                    "limit_a": [_f(x) for x in lim],
+                    "planned_a": None if p is None else [_f(x) for x in p],
+                }
+                for t, m, lim, p in rows
+            ],
         }
 
     @app.get(f"{API_PREFIX}/sites/{{site}}/kpis", tags=tags)

@@ -505,6 +505,18 @@ class LimitStore:
             for i, s, t, r, at, body, st, err, sched, resp in rows
         ]
 
+    def audit_record(self, audit_id: int) -> AuditRecord | None:
+        """One audit entry by id (any site), or None."""
+        rows = self._db.read("SELECT site FROM limit_audit WHERE id = ?", (audit_id,))
+        if not rows:
+            return None
+        site = rows[0][0]
+        n = self._db.read("SELECT COUNT(*) FROM limit_audit WHERE site = ? AND id > ?", (site, audit_id))[0][
+            0
+        ]
+        found = self.audit(site, limit=1, offset=int(n))
+        return found[0] if found and found[0].id == audit_id else None
+
     def set_measured_response(self, audit_id: int, response: Any) -> None:
         """Attach what the site did after a request (any JSON value) to its audit entry."""
         with self._db.transaction() as db:

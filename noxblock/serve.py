@@ -533,6 +533,9 @@ async def start_services(
         )
         app.state.control = ctl
         add_live_routes(app, ctl, stores[0])
+        from noxblock.dashboard import add_dashboard
+
+        add_dashboard(app, ctl.site.id)
     server = _Uvicorn(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
     task = asyncio.create_task(server.serve(sockets=[sock]))
     services = Services(gateway, sock.getsockname()[1], host, server, task, stores, ctl)
