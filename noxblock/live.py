@@ -35,12 +35,14 @@ below that power for each EV charging.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
 import sqlite3
 import statistics
 import threading
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -924,6 +926,12 @@ class Control:
         if limits is not None:
             limits.listeners.append(self._limit_changed)
         gateway.add_listener(self._on_event)
+        self.oscp_sender = None
+        self._oscp_task: asyncio.Task[None] | None = None
+        if oscp is not None:
+            from noxblock.oscp import OscpSender
+
+            self.oscp_sender = OscpSender(oscp, site.id, self.live.measured_site_a, clock=gateway.clock)
         self.loop.on_replan = lambda rec: self.sample(rec.at)
 
     def _request(self, reason: str) -> None:
@@ -1023,8 +1031,33 @@ class Control:
 
     def start(self) -> None:
         self.loop.start()
+        if self.oscp_sender is not None:
+            self._oscp_task = asyncio.create_task(self._oscp_loop())
+
+    async def _oscp_loop(self) -> None:
+        sender = self.oscp_sender
+        assert sender is not None
+        last: float | None = None  # wall time of the last tick towards a registered CP
+        while True:
+            period = max(sender.interval_s * self.settings.wall_s_per_s, 0.05)
+            now = time.monotonic()
+            if last is None or now - last >= period:
+                try:
+                    registered = sender.registered
+                    await sender.tick()
+                    if registered:  # sent, or failed: either way the next try is a period on
+                        last = now
+                except Exception:  # never let the DSO link take the loop down
+                    log.exception("OSCP tick failed")
+                    last = now
+            # Short naps: a registration or a new interval from a handshake takes effect soon.
+            await asyncio.sleep(min(period, 0.5))
 
     async def stop(self) -> None:
+        if self._oscp_task is not None:
+            self._oscp_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._oscp_task
         await self.loop.stop()
         self.gateway.remove_listener(self._on_event)
         if self._limits is not None and self._limit_changed in self._limits.listeners:

@@ -5,7 +5,9 @@ The grid operator (DSO, the Capacity Provider, CP) posts to ``/oscp/fp/2.0/``:
 * ``register`` (``{token, version_url: [{version, base_url}]}``): the token the FP uses towards
   the CP and where the CP listens; kept in memory (and in the state file, see below);
 * ``handshake`` (``{required_behaviour: {heartbeat_interval, ...}}``): the behaviour the CP asks
-  for; kept (sending the ``HandshakeAcknowledgement`` back is not done here);
+  for; kept (sending the ``HandshakeAcknowledgement`` back is not done here). Our own heartbeat
+  and the site's measurements go to the CP at that interval (:class:`OscpSender`, run by the
+  service's control loop);
 * ``heartbeat`` (``{offline_mode_at}``): the CP is considered offline once ``now`` is after the
   last ``offline_mode_at`` received (:meth:`OscpFp.oscp_state`);
 * ``update_group_capacity_forecast`` (``{group_id, type, forecasted_blocks: [{capacity, phase,
@@ -58,7 +60,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar
 
@@ -76,6 +78,7 @@ __all__ = [
     "OSCP_WHO",
     "ForecastedBlock",
     "OscpFp",
+    "OscpSender",
     "UpdateGroupCapacityForecast",
     "add_oscp_routes",
     "block_current_a",
@@ -178,12 +181,15 @@ class OscpFp:
         self.required_behaviour: dict[str, Any] | None = None
         self.offline_mode_at: datetime | None = None
         self.fallback: tuple[_Fallback, ...] = ()
+        #: The group of the last capacity forecast: the one our measurements are reported for.
+        self.group_id: str | None = None
         if self.state_path is not None and self.state_path.exists():
             self._load(self.state_path)
 
     def _load(self, path: Path) -> None:
         d = json.loads(path.read_text())
         self.registration = d.get("registration")
+        self.group_id = d.get("group_id")
         self.required_behaviour = d.get("required_behaviour")
         at = d.get("offline_mode_at")
         self.offline_mode_at = None if at is None else datetime.fromisoformat(at)
@@ -199,6 +205,7 @@ class OscpFp:
             return
         d = {
             "registration": self.registration,
+            "group_id": self.group_id,
             "required_behaviour": self.required_behaviour,
             "offline_mode_at": None if self.offline_mode_at is None else self.offline_mode_at.isoformat(),
             "fallback": [
@@ -375,6 +382,7 @@ def add_oscp_routes(
             raise
         if group_id is not None and msg.group_id != group_id:
             raise HTTPException(404, f"unknown group_id {msg.group_id!r}")
+        state.group_id = msg.group_id
         currents = [(b.start_time, b.end_time, block_current_a(b, voltage_v)) for b in msg.forecasted_blocks]
         if msg.type == "CONSUMPTION":
             blocks = [
@@ -437,3 +445,87 @@ def group_measurements_payload(group_id: str, measured_a: Sequence[float], at: d
             for i, a in enumerate(values)
         ],
     }
+
+
+class OscpSender:
+    """The FP's messages to the CP: ``heartbeat`` and ``update_group_measurements``.
+
+    Once the CP has registered (its token and the ``base_url`` of version 2.0), :meth:`tick` posts
+    to ``{base_url}/heartbeat`` ``{"offline_mode_at": now + 3 heartbeat intervals}`` and to
+    ``{base_url}/update_group_measurements`` the site's phase currents from ``measured_a(now)``
+    (:func:`group_measurements_payload`, for the group of the last forecast, else ``site_id``),
+    with ``Authorization: Token <the CP's token>``. The heartbeat interval is the one the CP's
+    handshake asked for, else ``default_interval_s``. A failed post is logged and counted
+    (``failures``), never raised: the next tick tries again.
+    """
+
+    def __init__(
+        self,
+        state: OscpFp,
+        site_id: str,
+        measured_a: Callable[[datetime], Sequence[float]],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        default_interval_s: float = 60.0,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.state = state
+        self.site_id = site_id
+        self.measured_a = measured_a
+        self.clock = clock
+        self.default_interval_s = default_interval_s
+        self.timeout_s = timeout_s
+        self.sent = 0
+        self.failures = 0
+
+    @property
+    def interval_s(self) -> float:
+        """Seconds between two heartbeats (the CP's ``heartbeat_interval``, else the default)."""
+        rb = self.state.required_behaviour or {}
+        value = rb.get("heartbeat_interval")
+        return float(value) if value else self.default_interval_s
+
+    @property
+    def registered(self) -> bool:
+        """Whether the CP has registered a token and a 2.0 URL to send to."""
+        return self._target() is not None
+
+    def _target(self) -> tuple[str, str] | None:
+        reg = self.state.registration
+        if not reg or not reg.get("token"):
+            return None
+        urls = [v for v in reg.get("version_url", ()) if str(v.get("version", "")).startswith("2.0")]
+        if not urls:
+            return None
+        return urls[0]["base_url"].rstrip("/"), reg["token"]
+
+    async def tick(self) -> bool:
+        """Send one heartbeat and one measurement; True if both were accepted (2xx)."""
+        import httpx
+
+        target = self._target()
+        if target is None:
+            return False
+        base, token = target
+        now = self.clock()
+        offline_at = now + timedelta(seconds=3 * self.interval_s)
+        bodies = {
+            "heartbeat": {"offline_mode_at": offline_at.astimezone(UTC).isoformat().replace("+00:00", "Z")},
+            "update_group_measurements": group_measurements_payload(
+                self.state.group_id or self.site_id, [max(float(a), 0.0) for a in self.measured_a(now)], now
+            ),
+        }
+        ok = True
+        async with httpx.AsyncClient(timeout=self.timeout_s) as http:
+            for path, body in bodies.items():
+                try:
+                    r = await http.post(
+                        f"{base}/{path}", json=body, headers={"Authorization": f"Token {token}"}
+                    )
+                    r.raise_for_status()
+                    self.sent += 1
+                except httpx.HTTPError as e:
+                    ok = False
+                    self.failures += 1
+                    log.warning("OSCP %s to the CP at %s failed: %s", path, base, e)
+        return ok
