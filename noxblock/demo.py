@@ -11,6 +11,8 @@ points share (default one simulated hour per 10 s):
   Data in Brief 36, 107105, CC BY 4.0; ``../shared/data``), each session on the first point free
   at its arrival (real arrival, departure and energy). Without the data set, a seeded lamppost
   district of :func:`models.instances.lamppost_district` instead;
+* every other driver declares departure and energy through the operator's app
+  (``PUT /api/v1/transactions/{id}/needs``); the others are estimated;
 * halfway through, a grid operator cuts the connection to 55 A from 30 simulated minutes later
   on (``PUT /api/v1/sites/{site}/limits`` with a ``grid-operator`` token);
 * at the end (the day replayed, or ``--duration`` seconds), a KPI summary: energy delivered
@@ -213,6 +215,15 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
     cut_sent = False
     next_report = start
     ctl = services.control
+    # Every other driver tells the operator's app when they leave and how much they want; the
+    # others are estimated (history of their id tag or station, else the defaults).
+    declared_by_tag = {s.id_tag: s for i, s in enumerate(sessions) if i % 2 == 0}
+    declared: set[int] = set()
+    tokens = TokenStore.in_dir(data_dir)
+    try:
+        _, app_token = tokens.create("operator")
+    finally:
+        tokens.close()
     try:
         while not stop.is_set():
             now = clock.now()
@@ -237,6 +248,16 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
                     f"(HTTP {r.status_code})",
                     flush=True,
                 )
+            for t in ctl.live.transactions():
+                s = declared_by_tag.get(t["id_tag"] or "")
+                if s is not None and t["transaction_id"] not in declared:
+                    declared.add(t["transaction_id"])
+                    async with httpx.AsyncClient(base_url=services.api_url) as http:
+                        await http.put(
+                            f"/transactions/{t['transaction_id']}/needs",
+                            json={"departure": s.departure.isoformat(), "energy_kwh": s.energy_kwh},
+                            headers={"Authorization": f"Bearer {app_token}"},
+                        )
             if now >= next_report:
                 rec = ctl.loop.last
                 measured = ctl.live.measured_site_a(now)
