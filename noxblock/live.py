@@ -604,6 +604,8 @@ class GatewaySite:
                 continue
             cp = self._cps[cp_id]
             pilot = None if self.pilot_lookup is None else self.pilot_lookup(cp_id, c, now)
+            if pilot is None:  # nothing sent yet: the point follows its failsafe, if it has one
+                pilot = self.gateway.failsafe_limit_a(cp_id)
             a = cp.max_current_a if pilot is None else min(pilot, cp.max_current_a)
             if a < cp.min_current_a:
                 a = 0.0
@@ -745,22 +747,42 @@ class ServiceConditions:
         self.signals = signals
         self.last_source = "site file"
 
-    def limit_now_a(self, now: datetime) -> np.ndarray:
+    def _floor_a(self, guaranteed_kw: np.ndarray, evs: Sequence[EVState]) -> np.ndarray:
+        """(n, 3) per step and grid phase, the current the guaranteed power of every EV takes [A]
+        (at least its minimum current, at most its point's maximum)."""
+        from noxblock.limits import current_from_power_a
+
+        guaranteed_kw = np.asarray(guaranteed_kw, dtype=float)
+        cps = {cp.id: cp for cp in self.site.charge_points}
+        per_phase = np.zeros((len(guaranteed_kw), 3))
+        for ev in evs:
+            cp = cps[ev.charge_point_id]
+            n_ph = min(ev.phases or cp.phases, cp.phases)
+            a = current_from_power_a(1.0, self.site.voltage_v, n_ph) * guaranteed_kw
+            a = np.where(guaranteed_kw > 0, np.clip(a, cp.min_current_a, cp.max_current_a), 0.0)
+            per_phase[:, list(cp.grid_phases(n_ph))] += a[:, None]
+        return per_phase
+
+    def limit_now_a(self, now: datetime, evs: Sequence[EVState] = ()) -> np.ndarray:
         """(3,) the per-phase limit at the connection in force at ``now`` [A] (site file, grid
-        operator, OSCP fallback; without the section 14a floor)."""
+        operator, OSCP fallback), never below the section 14a floor of ``evs`` charging."""
         limit = np.broadcast_to(np.asarray(self.site.max_current_a, dtype=float), (3,)).copy()
+        guaranteed_kw = 0.0
         if self.limits is not None:
             for b in self.limits.schedule(self.site.id, now).blocks:
                 if b.start <= now and (b.end is None or b.end > now):
                     limit = np.minimum(limit, b.max_current_a)
+                    guaranteed_kw = max(guaranteed_kw, b.min_per_point_kw or 0.0)
         if self.oscp is not None:
             state = self.oscp.oscp_state(now)
             if not state["online"] and state["fallback_a"] is not None:
                 limit = np.minimum(limit, float(state["fallback_a"]))
+        if guaranteed_kw > 0 and evs:
+            limit = np.maximum(limit, self._floor_a(np.array([guaranteed_kw]), evs)[0])
         return limit
 
     def conditions(self, now: datetime, step: timedelta, n: int, observation: Observation) -> Conditions:
-        from noxblock.limits import current_from_power_a, limits_series
+        from noxblock.limits import limits_series
 
         starts = [now + i * step for i in range(n)]
         site_limit = np.full(n, np.inf)
@@ -785,17 +807,7 @@ class ServiceConditions:
                 source = "OSCP fallback"
         if guaranteed_kw.any() and observation.evs:
             # Section 14a: the limit never goes below the guaranteed power of each EV charging.
-            cps = {cp.id: cp for cp in self.site.charge_points}
-            per_phase = np.zeros((n, 3))
-            for ev in observation.evs:
-                cp = cps[ev.charge_point_id]
-                n_ph = min(ev.phases or cp.phases, cp.phases)
-                a = np.minimum(
-                    current_from_power_a(1.0, self.site.voltage_v, n_ph) * guaranteed_kw, cp.max_current_a
-                )
-                a = np.where(guaranteed_kw > 0, np.maximum(a, cp.min_current_a), 0.0)
-                per_phase[:, list(cp.grid_phases(n_ph))] += a[:, None]
-            site_limit3 = np.maximum(site_limit[:, None], per_phase)
+            site_limit3 = np.maximum(site_limit[:, None], self._floor_a(guaranteed_kw, observation.evs))
         else:
             site_limit3 = np.repeat(site_limit[:, None], 3, axis=1)
         self.last_source = source
@@ -964,7 +976,8 @@ class Control:
         ``measure_lag_s``: meter values lag behind a new limit by up to a meter interval."""
         measured = self.live.measured_site_a(now)
         told = self.live.told_site_a(now)
-        limit = self.conditions.limit_now_a(now)
+        evs = self.loop.snapshot.present() if self.loop.snapshot is not None else ()
+        limit = self.conditions.limit_now_a(now, evs)
         planned = None if self.loop.last is None else np.asarray(self.loop.last.load_a)
         lag = timedelta(seconds=self.measure_lag_s)
         recent = [s[2] for s in self.samples if s[0] >= now - lag]

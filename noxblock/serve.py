@@ -291,8 +291,14 @@ def config_defaults(
                     value = False
                 else:
                     raise ValueError(f"expected true or false, got {raw!r}")
+            elif isinstance(raw, (dict, list)):
+                raise ValueError(f"expected a single value, got {raw!r}")
+            elif action.type is not None:
+                value = action.type(str(raw))
+            elif isinstance(raw, str):
+                value = raw
             else:
-                value = action.type(str(raw)) if action.type is not None else raw
+                raise ValueError(f"expected a string, got {raw!r}")
             if action.choices is not None and value not in action.choices:
                 raise ValueError(f"expected one of {', '.join(map(str, action.choices))}, got {raw!r}")
         except (ValueError, TypeError, argparse.ArgumentTypeError) as e:

@@ -1463,8 +1463,9 @@ class Gateway:
         status = await self.set_charging_profile(cp_id, connector_id, profile)
         if status != ChargingProfileStatus.accepted or default:
             return DispatchResult(status, profile)
+        # The violation count is kept: a point re-sent its plan every interval must still be
+        # caught ignoring it (samples within the grace period after a change are not counted).
         state.dispatched[connector_id] = (profile, now)
-        state.violations.pop(connector_id, None)
         if not verify or self.storage.config_values(cp_id).get("_composite_unsupported"):
             return DispatchResult(status, profile)
         return await self._verify(cp_id, connector_id, profile, phases, status)

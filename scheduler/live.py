@@ -177,7 +177,7 @@ def take_inflexible(conditions: Conditions, site: Site, inflexible_a: Mapping[st
         base = limits.get(nid)
         if base is None:
             base = np.broadcast_to(static[nid], (conditions.n, 3))
-        limits[nid] = np.minimum(base, static[nid]) - extra
+        limits[nid] = np.maximum(np.minimum(base, static[nid]) - extra, 0.0)
     return Conditions(
         start=conditions.start,
         step=conditions.step,
@@ -516,7 +516,16 @@ class ControlLoop:
         log.warning("%s: %s; %s plans instead", rolling.policy.name, why, self.fallback.name)
         # The heuristics plan every step of the grid they are given (EDF tracks what each EV
         # has had), so the orders of a fallback stay within the limits of every step too.
-        p = self.fallback.plan(snapshot)
+        try:
+            p = self.fallback.plan(snapshot)
+        except Exception as e:  # even the fallback failed: every EV at 0 rather than no plan
+            log.exception("fallback %s failed too; every EV gets 0 A", self.fallback.name)
+            zeros = np.zeros((len(snapshot.evs), snapshot.grid.n_steps))
+            return (
+                Plan(snapshot.grid, tuple(ev.session_id for ev in snapshot.evs), zeros, "none",
+                     status=f"fallback failed ({why}; {type(e).__name__}: {e})"),
+                snapshot,
+            )  # fmt: skip
         plan = Plan(
             p.grid, p.session_ids, p.pilot_a, p.policy, solve_s=p.solve_s,
             status=f"fallback:{self.fallback.name} ({why})",
