@@ -758,10 +758,33 @@ class ServiceConditions:
         for ev in evs:
             cp = cps[ev.charge_point_id]
             n_ph = min(ev.phases or cp.phases, cp.phases)
-            a = current_from_power_a(1.0, self.site.voltage_v, n_ph) * guaranteed_kw
+            a = _ceil_tenth(current_from_power_a(1.0, self.site.voltage_v, n_ph) * guaranteed_kw)
             a = np.where(guaranteed_kw > 0, np.clip(a, cp.min_current_a, cp.max_current_a), 0.0)
             per_phase[:, list(cp.grid_phases(n_ph))] += a[:, None]
         return per_phase
+
+    def guaranteed_a(self, grid: Any, evs: Sequence[EVState]) -> np.ndarray | None:
+        """(S, T) the current each EV is guaranteed per step by a block's ``min_per_point_kw``
+        (section 14a) [A]; None when no block in the grid has one."""
+        if self.limits is None:
+            return None
+        blocks = [b for b in self.limits.schedule(self.site.id, grid.start).blocks if b.min_per_point_kw]
+        if not blocks:
+            return None
+        from noxblock.limits import current_from_power_a, limits_series
+
+        starts = list(grid.starts)
+        kw = np.zeros(len(starts))
+        for b in blocks:
+            hit = np.isfinite(limits_series([b], starts, step=grid.boundaries[-1] - grid.boundaries[-2]))
+            kw = np.where(hit, np.maximum(kw, float(b.min_per_point_kw)), kw)
+        cps = {cp.id: cp for cp in self.site.charge_points}
+        out = np.zeros((len(evs), len(starts)))
+        for i, ev in enumerate(evs):
+            cp = cps[ev.charge_point_id]
+            n_ph = min(ev.phases or cp.phases, cp.phases)
+            out[i] = _ceil_tenth(current_from_power_a(1.0, self.site.voltage_v, n_ph) * kw)
+        return out
 
     def limit_now_a(self, now: datetime, evs: Sequence[EVState] = ()) -> np.ndarray:
         """(3,) the per-phase limit at the connection in force at ``now`` [A] (site file, grid
@@ -828,6 +851,11 @@ class ServiceConditions:
             price=None if self.signals is None else _Column(self.signals, "price_eur_per_mwh"),
             co2=None if self.signals is None else _Column(self.signals, "co2_g_per_kwh"),
         )
+
+
+def _ceil_tenth(a: np.ndarray) -> np.ndarray:
+    """Up to 0.1 A, the resolution a profile carries: a guaranteed 4.2 kW must not become 4.14."""
+    return np.ceil(np.asarray(a, dtype=float) * 10.0 - 1e-6) / 10.0
 
 
 class _Column:

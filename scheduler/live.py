@@ -56,6 +56,7 @@ __all__ = [
     "Observation",
     "Order",
     "ReplanRecord",
+    "guarantee_minimum",
     "idle_shares_a",
     "take_inflexible",
 ]
@@ -96,6 +97,10 @@ class ConditionsSource(Protocol):
     """Limits, base load and signals from ``now`` on a grid of ``n`` steps of ``step``."""
 
     def conditions(self, now: datetime, step: timedelta, n: int, observation: Observation) -> Conditions: ...
+
+    # Optional: ``guaranteed_a(grid, evs) -> (S, T) array or None``, a current each EV that
+    # still wants energy must be offered at each step (a grid operator's guaranteed minimum per
+    # point, section 14a EnWG); see :func:`guarantee_minimum`.
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,83 @@ def idle_shares_a(
     return out
 
 
+def guarantee_minimum(snapshot: Snapshot, plan: Plan, guaranteed_a: np.ndarray) -> np.ndarray:
+    """Pilots [A] (S, T) in which every EV that still wants energy is offered at least its
+    guaranteed current at every step it is present, the others giving up what they have above
+    their own guarantee to make room.
+
+    ``guaranteed_a`` (S, T): the current each EV is guaranteed [A] (0: none), raised to the
+    point's minimum and capped at its maximum. The EV's energy is followed along the plan, so a
+    full EV is not offered current. Room comes from shrinking, in proportion, what the EVs on
+    an overloaded node and phase have above their guarantee; where the guarantees alone do not
+    fit a node (a cable tighter than the dimmed connection), that step keeps the plan's pilots.
+    """
+    site = snapshot.site
+    cps = {cp.id: cp for cp in site.charge_points}
+    evs = snapshot.evs
+    pilot = np.array(plan.pilot_a, dtype=float)
+    n_s, n_t = pilot.shape
+    if n_s == 0:
+        return pilot
+    index, nodes = _phase_index(site)
+    hours = snapshot.grid.durations_h
+    starts = np.array([t.timestamp() for t in snapshot.grid.starts])
+    ends = np.array([t.timestamp() for t in snapshot.grid.boundaries[1:]])
+    v = site.voltage_v
+    # incidence[node, phase, session]
+    inc = np.zeros((len(nodes), 3, n_s))
+    n_ph = np.zeros(n_s)
+    lo = np.zeros(n_s)
+    hi = np.zeros(n_s)
+    for i, ev in enumerate(evs):
+        cp = cps[ev.charge_point_id]
+        n_ph[i] = min(ev.phases or cp.phases, cp.phases)
+        lo[i], hi[i] = cp.min_current_a, cp.max_current_a
+        if ev.max_power_kw is not None:
+            hi[i] = max(min(hi[i], ev.max_power_kw * 1000.0 / (v * n_ph[i])), lo[i])
+        for nid in site.ancestors(cp.node_id):
+            inc[index[nid], list(cp.grid_phases(int(n_ph[i]))), i] = 1.0
+    limit = np.empty((len(nodes), 3, n_t))
+    for nd in site.nodes:
+        lim = np.broadcast_to(np.asarray(nd.max_current_a, dtype=float)[:, None], (3, n_t)).copy()
+        extra = snapshot.node_limits_a.get(nd.id)
+        if extra is not None:
+            lim = np.minimum(lim, np.asarray(extra, dtype=float).T)
+        limit[index[nd.id]] = lim
+    if snapshot.base_load_a is not None:
+        limit[index[ROOT]] -= np.asarray(snapshot.base_load_a, dtype=float).T
+    remaining = np.array([ev.remaining_kwh for ev in evs])
+    arrival = np.array([ev.arrival.timestamp() for ev in evs])
+    departure = np.array([ev.departure.timestamp() for ev in evs])
+    for k in range(n_t):
+        present = (arrival < ends[k]) & (departure > starts[k])
+        wants = present & (remaining > 1e-6) & (guaranteed_a[:, k] > 0)
+        if wants.any():
+            g = np.where(wants, np.clip(guaranteed_a[:, k], lo, hi), 0.0)
+            floor_load = np.einsum("nps,s->np", inc, g)
+            if (floor_load <= limit[:, :, k] + 1e-9).all():
+                target = np.maximum(pilot[:, k], g)
+                for _ in range(len(nodes) + 1):
+                    load = np.einsum("nps,s->np", inc, target)
+                    over = load - limit[:, :, k]
+                    if (over <= 1e-9).all():
+                        break
+                    excess = target - g  # what each EV has above its guarantee
+                    scale = np.ones(n_s)
+                    for nn, ph in zip(*np.nonzero(over > 1e-9), strict=True):
+                        on = inc[nn, ph] > 0
+                        room = excess[on].sum()
+                        f = max(0.0, 1.0 - over[nn, ph] / room) if room > 0 else 0.0
+                        scale[on] = np.minimum(scale[on], f)
+                    target = g + excess * scale
+                    # Between 0 and the minimum is no pilot: such an EV keeps its guarantee only.
+                    target = np.where((target > 0) & (target < lo), np.where(g > 0, g, 0.0), target)
+                pilot[:, k] = np.floor(target * 100.0 + 1e-6) / 100.0
+        kwh = pilot[:, k] * v * n_ph * hours[k] / 1000.0
+        remaining = remaining - np.where(present, kwh, 0.0)
+    return pilot
+
+
 def _site_load_a(snapshot: Snapshot, plan: Plan, step: int = 0) -> np.ndarray:
     """(3,) planned load at the connection in ``step``: base load plus every pilot [A]."""
     load = np.zeros(3)
@@ -417,6 +499,14 @@ class ControlLoop:
         raw = self.source.conditions(now, rolling.step, n, obs)
         conditions = take_inflexible(raw, self.site, obs.inflexible_a)
         plan, snapshot = await self._plan(now, obs, conditions, grid)
+        guaranteed = getattr(self.source, "guaranteed_a", None)
+        if guaranteed is not None and snapshot.evs:
+            g = guaranteed(snapshot.grid, snapshot.evs)
+            if g is not None and np.any(g > 0):
+                plan = Plan(
+                    plan.grid, plan.session_ids, guarantee_minimum(snapshot, plan, g), plan.policy,
+                    solve_s=plan.solve_s, status=plan.status, gap=plan.gap,
+                )  # fmt: skip
         orders = self._orders(obs, snapshot, plan)
         downs = [o for o in orders if self._lowers(o)]
         ups = [o for o in orders if not self._lowers(o)]

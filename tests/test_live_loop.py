@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from models import ROOT, ChargePoint, Node, Site, TimeGrid
 from models.baselines import edf
 from scheduler.conditions import Conditions
-from scheduler.live import ControlLoop, Observation, Order, idle_shares_a, take_inflexible
+from scheduler.live import ControlLoop, Observation, Order, guarantee_minimum, idle_shares_a, take_inflexible
 from scheduler.policies import HeuristicPolicy
 from scheduler.rolling import RollingHorizon
 from scheduler.snapshot import EVState, Plan, Snapshot
@@ -215,6 +215,38 @@ def test_pilots_plus_idle_shares_never_exceed_a_node_limit(case: tuple[Snapshot,
 
 
 # -- take_inflexible ------------------------------------------------------------------------------
+def test_guaranteed_minimum_takes_room_from_those_above_their_own() -> None:
+    # Three 3-phase EVs on an 18.3 A connection (a dimmed site raised to 3 x 6.1 A). The plan
+    # gives the first 16 A and the others 0; each is guaranteed 6.1 A. EV "c" has had all it
+    # wanted after one step, so from the second step on only "a" and "b" are guaranteed.
+    site = Site("s", 230.0, 18.3, (), tuple(ChargePoint(f"P{i}") for i in range(3)))
+    grid = TimeGrid.uniform(T0, timedelta(minutes=15), 2)
+    one_step_kwh = 6.1 * 230.0 * 3 * 0.25 / 1000.0  # 1.05 kWh
+    evs = tuple(
+        EVState(sid, f"P{i}", T0, T0 + timedelta(hours=4), kwh)
+        for i, (sid, kwh) in enumerate((("a", 30.0), ("b", 30.0), ("c", one_step_kwh)))
+    )
+    snap = Snapshot(T0, site, grid, evs)
+    plan = Plan(grid, ("a", "b", "c"), np.array([[16.0, 16.0], [0.0, 0.0], [0.0, 0.0]]), "test")
+    g = np.full((3, 2), 6.1)
+    out = guarantee_minimum(snap, plan, g)
+    # Step 0: a gives up 9.9 A, all three at 6.1. Step 1: c is full; a keeps 12.2 of its 16.
+    np.testing.assert_allclose(out[:, 0], [6.1, 6.1, 6.1])
+    np.testing.assert_allclose(out[:, 1], [12.2, 6.1, 0.0])
+
+
+def test_guarantees_that_do_not_fit_a_cable_keep_the_plan() -> None:
+    # A 10 A cable cannot carry two guarantees of 6.1 A: the plan's pilots stand.
+    site = Site(
+        "s", 230.0, 40.0, (Node("cable", 10.0),), (ChargePoint("P0", "cable"), ChargePoint("P1", "cable"))
+    )
+    grid = TimeGrid.uniform(T0, timedelta(minutes=15), 1)
+    evs = tuple(EVState(sid, f"P{i}", T0, T0 + timedelta(hours=2), 20.0) for i, sid in enumerate("ab"))
+    plan = Plan(grid, ("a", "b"), np.array([[10.0], [0.0]]), "test")
+    out = guarantee_minimum(Snapshot(T0, site, grid, evs), plan, np.full((2, 1), 6.1))
+    np.testing.assert_allclose(out[:, 0], [10.0, 0.0])
+
+
 def test_inflexible_load_comes_off_every_node_on_its_path() -> None:
     site = Site(
         "s",
