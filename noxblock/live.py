@@ -73,6 +73,8 @@ log = logging.getLogger("noxblock.live")
 _PHASES = {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2}
 #: Connector states in which a point cannot charge: no idle share is given there.
 _DOWN = {"Faulted", "Unavailable"}
+#: Connector states of a transaction that is on: moves among them are no event.
+_CHARGING = {"Charging", "SuspendedEV", "SuspendedEVSE"}
 
 
 @dataclass(frozen=True)
@@ -271,6 +273,8 @@ class GatewaySite:
         #: ``(cp, connector, at) -> limit [A] or None``: what the point was told for ``at``
         #: (:meth:`GatewayDispatcher.pilot_a`); None: the gateway's last accepted profile.
         self.pilot_lookup: Callable[[str, int, datetime], float | None] | None = None
+        #: Points that did not take their last orders (the dispatcher's), treated as inflexible.
+        self.failing: Callable[[datetime], set[str]] | None = None
         self.voltage_v = float(site.voltage_v)
         self._cps = {cp.id: cp for cp in site.charge_points}
         self._conns: dict[tuple[str, int], _Connector] = {
@@ -391,9 +395,13 @@ class GatewaySite:
             key = (cp, c)
             if key in self._conns:
                 old = self._conns[key].status
-                self._conns[key].status = p.get("status")
-                if old != p.get("status"):
-                    self._changed(f"{cp}/{c} {p.get('status')}")
+                new = p.get("status")
+                self._conns[key].status = new
+                # Plug-in, plug-out, faults, availability: a re-plan. Charging <-> Suspended*
+                # follows our own pilots (or a full EV): the next interval is soon enough, and
+                # re-planning on it would chase its own tail.
+                if old != new and (old not in _CHARGING or new not in _CHARGING):
+                    self._changed(f"{cp}/{c} {new}")
 
     def _changed(self, reason: str) -> None:
         if self.on_change is not None:
@@ -476,6 +484,9 @@ class GatewaySite:
         gw = self.gateway
         connected = set(gw.connected_ids())
         self._noncompliant = {cp for cp in self._cps if gw.is_compliant(cp) is False}
+        # Points that do not take their orders: as if they ignored them.
+        failing = set() if self.failing is None else self.failing(now) & set(self._cps)
+        self._noncompliant |= failing
         evs: list[EVState] = []
         where: dict[str, tuple[str, int]] = {}
         idle: list[tuple[str, int]] = []
@@ -486,7 +497,7 @@ class GatewaySite:
             if cp_id in self._noncompliant or cp_id not in connected:
                 if cp_id in self._noncompliant and tx is not None:
                     a = cp.max_current_a
-                elif cp_id in connected:
+                elif cp_id in connected and cp_id not in failing:
                     a = 0.0  # a liar without a transaction: re-planned when one starts
                 else:
                     a = self._offline_limit_a(cp_id, c, now)
@@ -528,21 +539,22 @@ class GatewaySite:
         return Observation(tuple(evs), where, tuple(idle), inflexible)
 
     def _offline_limit_a(self, cp_id: str, connector: int, now: datetime) -> float:
-        """The most an offline connector may draw: the highest limit of its last profile from
-        ``now`` on, or its failsafe if none was sent (its maximum if it has no failsafe either)."""
+        """The most an offline (or failing) connector may draw: the highest limit of the last
+        profiles it accepted (transaction and default) and its failsafe (its maximum if it has no
+        failsafe)."""
         cp = self._cps[cp_id]
         fallback = self.gateway.failsafe_limit_a(cp_id)
         fallback = cp.max_current_a if fallback is None else min(fallback, cp.max_current_a)
         try:
-            entry = self.gateway.central.point(cp_id).dispatched.get(connector)
+            state = self.gateway.central.point(cp_id)
+            entries = [state.dispatched.get(connector), state.dispatched_default.get(connector)]
         except KeyError:
-            entry = None
-        if entry is None:
-            return fallback
-        profile = entry[0]
-        phases = cp.phases
+            entries = []
         limits = [
-            p.limit if profile.rate_unit == "A" else p.limit / (self.voltage_v * (p.number_phases or phases))
+            p.limit
+            if profile.rate_unit == "A"
+            else p.limit / (self.voltage_v * (p.number_phases or cp.phases))
+            for profile, _ in filter(None, entries)
             for p in profile.periods
         ]
         return min(max([*limits, fallback]), cp.max_current_a)
@@ -632,6 +644,12 @@ def _time(text: Any) -> datetime | None:
 
 
 # -- dispatch -------------------------------------------------------------------------------------
+#: Orders not taken in a row after which a point counts as failing (inflexible load) ...
+FAILING_AFTER = 3
+#: ... for this long; then it is sent orders again.
+FAILING_FOR = timedelta(minutes=10)
+
+
 class GatewayDispatcher:
     """Sends orders through the gateway (see the module docstring). Implements
     :class:`scheduler.live.Dispatcher`."""
@@ -646,16 +664,46 @@ class GatewayDispatcher:
         )
         self._verified: set[tuple[str, int, str | None]] = set()
         self.failures = 0
+        #: Per point, orders not taken in a row, and since when it counts as failing.
+        self._streak: dict[str, int] = {}
+        self._failing_since: dict[str, datetime] = {}
+
+    def _failed(self, charge_point_id: str) -> None:
+        self.failures += 1
+        n = self._streak[charge_point_id] = self._streak.get(charge_point_id, 0) + 1
+        if n == FAILING_AFTER:
+            self._failing_since[charge_point_id] = self.gateway.clock()
+            log.warning(
+                "[%s] %d orders in a row not taken: treated as inflexible load for %.0f min",
+                charge_point_id, n, FAILING_FOR.total_seconds() / 60,
+            )  # fmt: skip
+
+    def failing(self, now: datetime) -> set[str]:
+        """Points that did not take :data:`FAILING_AFTER` orders in a row, for
+        :data:`FAILING_FOR` since (then they are sent orders again)."""
+        out = set()
+        for cp_id, since in list(self._failing_since.items()):
+            if now - since < FAILING_FOR:
+                out.add(cp_id)
+            else:
+                del self._failing_since[cp_id]
+                self._streak.pop(cp_id, None)
+        return out
 
     def _same(self, old: Order | None, new: Order) -> bool:
-        """Whether ``new`` sets the same limits as ``old`` from its start to the earlier end."""
+        """Whether ``new`` sets the same limits as ``old`` from its start to its end (compared as
+        the dispatch rounds them, down to 0.1 A), with the same end."""
         if old is None or old.phases != new.phases or old.session_id != new.session_id:
             return False
         if old.end != new.end or old.plan[0][0] > new.plan[0][0]:
             return False  # every order a point keeps must run out at the same time
-        times = sorted({t for t, _ in old.plan if t >= new.plan[0][0]} | {t for t, _ in new.plan})
-        # Compared as the dispatch rounds them (down to 0.1 A).
-        return all(_dec(_at(old, t)) == _dec(_at(new, t)) for t in times if t < new.end)
+        t_old, v_old = _arrays(old)
+        t_new, v_new = _arrays(new)
+        times = np.union1d(t_new, t_old[t_old >= t_new[0]])
+        times = times[times < new.end.timestamp()]
+        a_old = v_old[np.searchsorted(t_old, times, side="right") - 1]
+        a_new = v_new[np.searchsorted(t_new, times, side="right") - 1]
+        return bool(np.array_equal(np.floor(a_old * 10.0 + 1e-6), np.floor(a_new * 10.0 + 1e-6)))
 
     async def dispatch(self, orders: Sequence[Order], *, force: bool) -> int:
         sem = asyncio.Semaphore(self.concurrency)
@@ -679,13 +727,19 @@ class GatewayDispatcher:
                     log.warning(
                         "[%s] dispatch to connector %d failed: %s", o.charge_point_id, o.connector_id, e
                     )
-                    self.failures += 1
+                    self._failed(o.charge_point_id)
                     self.sent.pop(key, None)
                     return False
             if result.status.value != "Accepted":
-                self.failures += 1
+                log.warning(
+                    "[%s] connector %d: %s %s", o.charge_point_id, o.connector_id,
+                    result.profile.purpose, result.status.value,
+                )  # fmt: skip
+                self._failed(o.charge_point_id)
                 self.sent.pop(key, None)
                 return False
+            self._streak.pop(o.charge_point_id, None)
+            self._failing_since.pop(o.charge_point_id, None)
             self.sent[key] = o
             self.history[key].append((gw.clock(), o))
             if o.session_id is not None:
@@ -712,8 +766,12 @@ class GatewayDispatcher:
         return None
 
 
-def _dec(a: float) -> int:
-    return math.floor(a * 10.0 + 1e-6)
+def _arrays(order: Order) -> tuple[np.ndarray, np.ndarray]:
+    """(interval starts [epoch s], limits [A]) of an order."""
+    return (
+        np.fromiter((t.timestamp() for t, _ in order.plan), float, len(order.plan)),
+        np.fromiter((a for _, a in order.plan), float, len(order.plan)),
+    )
 
 
 def _at(order: Order, t: datetime) -> float:
@@ -886,6 +944,8 @@ class ControlSettings:
     solver_time_limit_s: float = 5.0
     #: Wall time a re-plan may take before the fallback (EDF) plans instead [s].
     deadline_s: float = 8.0
+    #: Most EVs x steps in a plan (longer steps ahead with many EVs); None: no limit.
+    max_plan_cells: int | None = 12_000
     #: Time zone of the site (day types of the arrival forecast).
     timezone: str = "UTC"
     #: Wall seconds per clock second (below 1 in an accelerated demo).
@@ -937,6 +997,7 @@ class Control:
             gateway, site, needs=self.needs, defaults=settings.defaults, on_change=self._request
         )
         self.live.pilot_lookup = self.dispatcher.pilot_a
+        self.live.failing = self.dispatcher.failing
         self.loop = ControlLoop(
             site,
             rolling,
@@ -947,6 +1008,7 @@ class Control:
             deadline_s=settings.deadline_s,
             wall_s_per_s=settings.wall_s_per_s,
             max_unbalance_a=site_config.max_unbalance_a,
+            max_cells=settings.max_plan_cells,
         )
         self._limits = limits
         self.gateway = gateway

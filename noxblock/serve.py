@@ -56,6 +56,8 @@ __all__ = ["Services", "add_arguments", "build_config", "run", "start_services"]
 log = logging.getLogger("noxblock.serve")
 
 DB_NAME = "noxblock.sqlite"
+#: Default of --max-plan-cells (EVs x steps): keeps a 1,000-point re-plan within seconds.
+DEFAULT_MAX_PLAN_CELLS = 12_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +148,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8.0,
         metavar="S",
         help="wall time a re-plan may take before EDF plans instead [s] (default 8)",
+    )
+    ctl.add_argument(
+        "--max-plan-cells",
+        type=_count,
+        default=DEFAULT_MAX_PLAN_CELLS,
+        metavar="N",
+        help="most EVs x steps in a plan: with more EVs the steps ahead get longer "
+        f"(default {DEFAULT_MAX_PLAN_CELLS}; 0: no limit)",
     )
     ctl.add_argument(
         "--timezone", default="UTC", help="the site's time zone (day types of forecasts; default UTC)"
@@ -239,6 +249,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
 class ConfigFileError(Exception):
     """A bad config file or environment variable (exit code 2)."""
 
@@ -326,6 +346,7 @@ def control_settings(args: argparse.Namespace) -> Any:
         policy=args.policy,
         solver_time_limit_s=args.solver_time_limit_s,
         deadline_s=args.replan_deadline_s,
+        max_plan_cells=args.max_plan_cells if args.max_plan_cells > 0 else None,
         timezone=args.timezone,
         defaults=Defaults(stay_h=args.default_stay_h, energy_kwh=args.default_energy_kwh),
     )

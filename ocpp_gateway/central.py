@@ -66,6 +66,7 @@ class PointState:
 
     __slots__ = (
         "dispatched",
+        "dispatched_default",
         "id",
         "phases",
         "registration",
@@ -80,6 +81,9 @@ class PointState:
         self.statuses: dict[int, ConnectorStatus] | None = None  # loaded from the store on first use
         # connector id -> (profile accepted by the point, when it was accepted)
         self.dispatched: dict[int, tuple[ChargingProfile, datetime]] = {}
+        #: Per connector, the last TxDefaultProfile it accepted from a plan and when (what an EV
+        #: that plugs in there may draw).
+        self.dispatched_default: dict[int, tuple[ChargingProfile, datetime]] = {}
         self.violations: dict[int, int] = {}
 
 

@@ -1404,17 +1404,24 @@ class Gateway:
 
         A TxProfile if a transaction runs on the connector, else a TxDefaultProfile; the plan is
         kept and re-sent as a TxProfile when a transaction starts there. ``also_default``: while a
-        transaction runs, the connector's TxDefaultProfile gets the same plan too, so an EV that
-        plugs in after this one leaves inherits its capacity, not an older default.
+        transaction runs, the connector's TxDefaultProfile gets the same plan too (even if the
+        TxProfile is rejected), so an EV that plugs in after this one leaves inherits its
+        capacity, not an older default.
         """
         self._plans[(charge_point_id, connector_id)] = (list(plan), end, phases)
         result = await self._dispatch(charge_point_id, connector_id, list(plan), end, phases, verify)
-        if (
-            also_default
-            and result.profile.purpose == "TxProfile"
-            and result.status == ChargingProfileStatus.accepted
-        ):
-            await self._dispatch(charge_point_id, connector_id, list(plan), end, phases, False, default=True)
+        if also_default and result.profile.purpose == "TxProfile":
+            # Also when the TxProfile was rejected: a point whose transaction ended before its
+            # StopTransaction reached us rejects a TxProfile for it, and then only its default
+            # profile bounds what the next EV draws.
+            try:
+                await self._dispatch(
+                    charge_point_id, connector_id, list(plan), end, phases, False, default=True
+                )
+            except GatewayError as e:
+                if result.status == ChargingProfileStatus.accepted:
+                    raise
+                log.warning("[%s] default copy of a rejected plan failed: %s", charge_point_id, e)
         return result
 
     async def _redispatch(self, charge_point_id: str, connector_id: int) -> None:
@@ -1461,6 +1468,8 @@ class Gateway:
             fallback_limit_a=self.failsafe_limit_a(cp_id),
         )
         status = await self.set_charging_profile(cp_id, connector_id, profile)
+        if status == ChargingProfileStatus.accepted and profile.purpose == "TxDefaultProfile":
+            state.dispatched_default[connector_id] = (profile, now)
         if status != ChargingProfileStatus.accepted or default:
             return DispatchResult(status, profile)
         # The violation count is kept: a point re-sent its plan every interval must still be

@@ -194,6 +194,20 @@ def take_inflexible(conditions: Conditions, site: Site, inflexible_a: Mapping[st
     )
 
 
+def _bounds(
+    now: datetime, end: datetime, step: timedelta, fine_end: datetime, coarse: timedelta
+) -> list[datetime]:
+    """Step boundaries from ``now`` to ``end``: ``step`` until ``fine_end``, ``coarse`` after, no
+    last step shorter than half a ``step``."""
+    b = [now]
+    while b[-1] < end:
+        nxt = b[-1] + (step if b[-1] < fine_end else coarse)
+        b.append(min(nxt, end))
+    if len(b) > 2 and b[-1] - b[-2] < step / 2:  # no sliver of a last step
+        del b[-2]
+    return b
+
+
 def idle_shares_a(
     snapshot: Snapshot,
     plan: Plan,
@@ -378,6 +392,9 @@ class ControlLoop:
         runs every ``rolling.step`` of clock time.
     debounce_s : float
         Wall time an event waits for others before its re-plan [s].
+    max_cells : int, optional
+        Most EVs x steps a plan should have: with more EVs the steps beyond the first ones get
+        longer (a 1,000-point site re-plans within its control interval). None: no limit.
     """
 
     def __init__(
@@ -394,6 +411,7 @@ class ControlLoop:
         wall_s_per_s: float = 1.0,
         debounce_s: float = 0.2,
         max_unbalance_a: float | None = None,
+        max_cells: int | None = None,
         on_replan: Callable[[ReplanRecord], None] | None = None,
     ) -> None:
         from models.baselines import edf
@@ -412,6 +430,7 @@ class ControlLoop:
         self.debounce_s = debounce_s
         self.on_replan = on_replan
         self.max_unbalance_a = max_unbalance_a
+        self.max_cells = max_cells
         self.last: ReplanRecord | None = None
         self.snapshot: Snapshot | None = None
         self.plan: Plan | None = None
@@ -424,6 +443,11 @@ class ControlLoop:
         self._scheduler: Any = None
         self._pending: list[str] = []
         self._end: datetime | None = None  # end of the last full re-plan's grid
+        #: Plans end on a multiple of this (from 2000-01-01 UTC): the end moves once per quantum.
+        self.end_quantum = max(timedelta(hours=1), rolling.step)
+        self._aloop: asyncio.AbstractEventLoop | None = None
+        self._event_timer: asyncio.TimerHandle | None = None
+        self._event_tasks: set[asyncio.Task[None]] = set()
 
     # -- running ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -444,6 +468,9 @@ class ControlLoop:
             next_run_time=datetime.now(UTC),
         )
         self._scheduler.start()
+        self._aloop = asyncio.get_running_loop()
+        if self._pending:
+            self._arm()
         log.info(
             "control loop: re-plan every %.0f s (%g s wall)", self.rolling.step.total_seconds(), period_s
         )
@@ -453,25 +480,51 @@ class ControlLoop:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
+        if self._event_timer is not None:
+            self._event_timer.cancel()
+            self._event_timer = None
+        self._aloop = None
+        for task in list(self._event_tasks):
+            task.cancel()
         async with self._lock:
             pass
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    @property
+    def idle(self) -> bool:
+        """No re-plan running, waiting for the lock, or due after a debounce."""
+        return not self._lock.locked() and self._event_timer is None and not self._event_tasks
+
     def request(self, reason: str) -> None:
-        """Ask for a re-plan soon (events: plug-in, transaction start or stop, a new limit, ...)."""
+        """Ask for a re-plan soon (events: plug-in, transaction start or stop, a new limit, ...).
+
+        Requests within ``debounce_s`` of each other become one re-plan; one that comes while a
+        re-plan runs gets the next one (it waits for the running one, never dropped). Before
+        :meth:`start` requests are only remembered (the first re-plan takes them). Safe to call
+        from another thread.
+        """
         self._pending.append(reason)
-        if self._scheduler is None:
+        aloop = self._aloop
+        if aloop is None or aloop.is_closed():
             return
-        run_at = datetime.now(UTC) + timedelta(seconds=self.debounce_s)
-        self._scheduler.add_job(
-            self._job,
-            "date",
-            run_date=run_at,
-            args=("event",),
-            id="event",
-            replace_existing=True,
-            misfire_grace_time=None,
-        )
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is aloop:
+            self._arm()
+        else:
+            aloop.call_soon_threadsafe(self._arm)
+
+    def _arm(self) -> None:
+        if self._event_timer is None and self._aloop is not None:
+            self._event_timer = self._aloop.call_later(self.debounce_s, self._fire)
+
+    def _fire(self) -> None:
+        self._event_timer = None
+        task = asyncio.ensure_future(self._job("event"))
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
 
     async def _job(self, kind: str) -> None:
         try:
@@ -481,20 +534,23 @@ class ControlLoop:
 
     # -- one re-plan ----------------------------------------------------------------------
     async def replan(self, reason: str = "manual", *, force: bool | None = None) -> ReplanRecord:
-        """Observe, plan and dispatch once. ``force``: re-send unchanged orders too (default on
-        the periodic re-plan, so a point that lost its profiles gets them back)."""
+        """Observe, plan and dispatch once. ``force``: re-send unchanged orders too (default: when
+        the plan's end moved, about once per :attr:`end_quantum`; a point that reconnects is sent
+        everything again anyway)."""
         async with self._lock:
             if reason == "event" and self._pending:
                 reason = ", ".join(sorted(set(self._pending)))
             self._pending.clear()
-            return await self._replan(reason, force if force is not None else reason == "interval")
+            return await self._replan(reason, force)
 
-    async def _replan(self, reason: str, force: bool) -> ReplanRecord:
+    async def _replan(self, reason: str, force: bool | None) -> ReplanRecord:
         t0 = time.perf_counter()
         now = self.clock()
         obs = self.live.observe(now)
         rolling = self.rolling
-        grid = self._grid(now, obs, force)
+        grid, moved = self._grid(now, obs, reason == "interval" or bool(force))
+        if force is None:
+            force = moved  # a new end: every order changes anyway
         n = max(1, math.ceil((grid.end - now) / rolling.step))
         raw = self.source.conditions(now, rolling.step, n, obs)
         conditions = take_inflexible(raw, self.site, obs.inflexible_a)
@@ -513,9 +569,23 @@ class ControlLoop:
         dispatched = 0
         if downs:
             dispatched += await self.dispatcher.dispatch(downs, force=force)
-        if ups:
+        held = 0
+        if ups and dispatched < len(downs):
+            # A point that was to give up current did not take its order: it still draws what it
+            # had, so the others must not get theirs yet. Their old orders stay; the failed
+            # points are sent theirs again at a re-plan soon.
+            held = len(ups)
+            log.warning(
+                "%d of %d lowering orders not taken: %d raising orders held back; re-plan soon",
+                len(downs) - dispatched, len(downs), held,
+            )  # fmt: skip
+            self.request("orders not taken")
+        elif ups:
             dispatched += await self.dispatcher.dispatch(ups, force=force)
+        old = self.orders
         self.orders = {(o.charge_point_id, o.connector_id): o for o in orders}
+        if held:  # which lowering ones took is not known: the next re-plan sends them first again
+            self.orders = {k: old.get(k, o) for k, o in self.orders.items()}
         self.snapshot, self.plan = snapshot, plan
         limit = np.minimum(np.asarray(self.site.max_current_a, dtype=float), raw.site_limit_a(raw.index(now)))
         load = _site_load_a(snapshot, plan) + sum(obs.inflexible_a.values(), np.zeros(3))
@@ -548,28 +618,60 @@ class ControlLoop:
             self.on_replan(record)
         return record
 
-    def _grid(self, now: datetime, obs: Observation, full: bool) -> TimeGrid:
-        """The planning grid. A full (periodic) re-plan plans to the horizon and fixes the end;
-        a re-plan on an event between two full ones plans to that same end, so every order a
-        point keeps runs out at one time and all points fall back to their failsafe together
-        (an order that did not change need not be sent again)."""
+    def _grid(self, now: datetime, obs: Observation, full: bool) -> tuple[TimeGrid, bool]:
+        """The planning grid, and whether its end moved.
+
+        Every plan runs to one end, so every order a point keeps runs out at the same time and
+        all points fall back to their failsafe together. A full (periodic) re-plan plans to the
+        horizon (or the last departure) rounded up to the next :attr:`end_quantum` from the
+        grid's start, so the end moves once in that while; a re-plan on an event keeps the end
+        of the last full one. Between moves an order that did not change need not be sent again.
+        The grid is graded like the rolling one: control-interval steps for ``fine_span``,
+        coarse ones beyond, and a shorter last step to the end.
+        """
         step = self.rolling.step
-        if not obs.evs:
-            return TimeGrid((now, now + step))
         end = self._end
+        moved = False
         if full or end is None or end - now < step:
-            grid = self.rolling.grid(now, obs.evs)
-            self._end = grid.end
-            return grid
-        b = [now]
-        while b[-1] + step < end:
-            b.append(b[-1] + step)
-        b.append(end)
-        return TimeGrid(tuple(b))
+            last = max((ev.departure for ev in obs.evs), default=now)
+            wanted = min(now + self.rolling.horizon, max(last, now + step))
+            q = self.end_quantum
+            origin = datetime(2000, 1, 1, tzinfo=UTC)
+            new_end = origin + -((origin - wanted) // q) * q  # ceil to the quantum
+            moved = new_end != end
+            end = self._end = new_end
+        rolling = self.rolling
+        coarse = rolling.coarse_step or step
+        fine_end = now + rolling.fine_span if rolling.coarse_step is not None else end
+        b = _bounds(now, end, step, fine_end, coarse)
+        budget = None if self.max_cells is None else max(4, self.max_cells // max(1, len(obs.evs)))
+        if budget is not None and len(b) - 1 > budget:
+            # Many EVs: fewer, longer steps ahead (whole multiples of the coarse step, and a
+            # shorter fine span if need be), so the model stays about ``max_cells`` EV-steps.
+            n_fine = min(math.ceil((fine_end - now) / step), max(1, budget // 2))
+            fine_end = min(fine_end, now + n_fine * step)
+            coarse = max(coarse, step)
+            k = math.ceil((end - fine_end) / (coarse * max(1, budget - n_fine)))
+            b = _bounds(now, end, step, fine_end, coarse * max(1, k))
+        return TimeGrid(tuple(b)), moved
 
     def _lowers(self, order: Order) -> bool:
+        """Whether ``order`` allows nowhere more than the connector's last order: at no time
+        before its end (after the last order's end, that allowed 0 A as far as we know). A new
+        connector's order counts as lowering (what it had is not ours to know)."""
         old = self.orders.get((order.charge_point_id, order.connector_id))
-        return old is None or order.first_a < old.first_a
+        if old is None:
+            return True
+        t_new = np.array([t.timestamp() for t, _ in order.plan])
+        v_new = np.array([a for _, a in order.plan])
+        t_old = np.array([t.timestamp() for t, _ in old.plan])
+        v_old = np.array([a for _, a in old.plan])
+        times = np.union1d(t_new, t_old[t_old > t_new[0]])
+        times = times[times < order.end.timestamp()]
+        a_new = v_new[np.searchsorted(t_new, times, side="right") - 1]
+        i_old = np.searchsorted(t_old, times, side="right") - 1
+        a_old = np.where((i_old >= 0) & (times < old.end.timestamp()), v_old[np.maximum(i_old, 0)], 0.0)
+        return bool(np.all(a_new <= a_old + 1e-9))
 
     async def _plan(
         self, now: datetime, obs: Observation, conditions: Conditions, grid: TimeGrid
@@ -582,11 +684,10 @@ class ControlLoop:
             if obs.evs
             else None
         )
-        if snapshot is None:
-            grid = TimeGrid((now, now + rolling.step))
+        if snapshot is None:  # idle connectors only: planned to the same end as any other order
             base, limits, signals = conditions.window(grid)
             snapshot = Snapshot(now, self.site, grid, (), base, limits, signals)
-            return Plan(grid, (), np.zeros((0, 1)), rolling.policy.name), snapshot
+            return Plan(grid, (), np.zeros((0, grid.n_steps)), rolling.policy.name), snapshot
         loop = asyncio.get_running_loop()
         why = None
         if self._busy is not None and not self._busy.done():

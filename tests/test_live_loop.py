@@ -415,7 +415,45 @@ async def test_orders_that_lower_a_limit_go_out_first() -> None:
     downs, ups = dispatcher.calls[1:]
     assert {(o.charge_point_id, o.first_a) for o in downs[0]} == {("P1", 6.0)}
     assert {(o.charge_point_id, o.first_a) for o in ups[0]} == {("P2", 16.0), ("P3", 10.0)}
-    assert downs[1] is True and ups[1] is True  # a periodic re-plan re-sends every order
+    # The plan's end did not move (it moves about once an hour): unchanged orders may be skipped.
+    assert downs[1] is False and ups[1] is False
+    assert_orders_keep(loop, 32.0)
+
+
+class RefusingDispatcher(FakeDispatcher):
+    """Takes no order to the points in ``refuse``."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    async def dispatch(self, orders: Sequence[Order], *, force: bool) -> int:
+        self.calls.append((list(orders), force))
+        return sum(o.charge_point_id not in self.refuse for o in orders)
+
+
+@pytest.mark.asyncio
+async def test_raising_orders_wait_while_a_lowering_one_was_not_taken() -> None:
+    policy = FixedPolicy({"a": 16.0, "b": 10.0})
+    loop, _, clock = make_loop(policy, 32.0)
+    dispatcher = loop.dispatcher = RefusingDispatcher(set())
+    await loop.replan("interval")
+    before = dict(loop.orders)
+    # P1 is to give 10 A to P2, but does not take its order: P2 must not get them.
+    dispatcher.refuse = {"P1"}
+    policy.pilots = {"a": 6.0, "b": 16.0}
+    clock.now = T0 + STEP
+    rec = await loop.replan("interval")
+    assert len(dispatcher.calls) == 2  # the lowering batch only
+    assert {o.charge_point_id for o in dispatcher.calls[1][0]} == {"P1"}
+    assert rec.dispatched == 0
+    assert loop.orders[("P2", 1)] == before[("P2", 1)] and loop.orders[("P3", 1)] == before[("P3", 1)]
+    assert "orders not taken" in loop._pending
+    # Once P1 takes it, the others get theirs.
+    dispatcher.refuse = set()
+    await loop.replan("event")
+    assert {o.charge_point_id for o in dispatcher.calls[-1][0]} == {"P2", "P3"}
+    assert loop.orders[("P2", 1)].first_a == 16.0
     assert_orders_keep(loop, 32.0)
 
 
@@ -478,8 +516,28 @@ async def test_an_event_replan_keeps_the_end_of_the_last_full_one() -> None:
     assert {o.end for o in loop.orders.values()} == {end}
     assert asked[-1] == (clock.now, 23)  # ceil(113 min / 5 min)
     assert all(force is False for _, force in dispatcher.calls[1:])
-    # A full re-plan moves the end again: 113 min rounded up to whole steps.
+    # A full re-plan keeps the end while the last departure (on the hour) stays where it is.
     n_calls = len(dispatcher.calls)
     await loop.replan("interval")
-    assert loop.snapshot.grid.end == clock.now + timedelta(minutes=115)
-    assert all(force is True for _, force in dispatcher.calls[n_calls:])
+    assert loop.snapshot.grid.end == end
+    assert all(force is False for _, force in dispatcher.calls[n_calls:])
+    # A forced one re-sends every order.
+    n_calls = len(dispatcher.calls)
+    await loop.replan("interval", force=True)
+    assert dispatcher.calls[n_calls:] and all(force is True for _, force in dispatcher.calls[n_calls:])
+
+
+@pytest.mark.asyncio
+async def test_many_evs_get_fewer_longer_steps_ahead_but_the_first_ones_stay_short() -> None:
+    loop, _, _ = make_loop(FixedPolicy({"a": 8.0, "b": 8.0}))
+    loop.live = FakeLive(two_evs(T0 + timedelta(hours=10)))
+    await loop.replan("interval")
+    assert loop.snapshot.grid.n_steps == 48  # 4 h in 5-minute steps: no limit set
+    loop.max_cells = 16  # 2 EVs: at most 8 steps
+    await loop.replan("interval")
+    grid = loop.snapshot.grid
+    steps = np.diff([b.timestamp() for b in grid.boundaries])
+    assert grid.n_steps <= 8 and grid.end == T0 + timedelta(hours=4)
+    assert list(steps[:4]) == [300.0] * 4  # the control interval first
+    assert (steps[4:] > 300.0).all() and (steps[4:] % 300.0 == 0).all()
+    assert_orders_keep(loop, 40.0)
