@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sys
 import tempfile
@@ -152,8 +153,13 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
 
     site = street(args.points)
     start, sessions, source, skipped = street_day(site)
+    # Each point logs in with its own password (HTTP Basic, security profile 1), as in the street.
+    passwords = {cp.id: secrets.token_urlsafe(12) for cp in site.charge_points}
+    text = site_toml(site)
+    for cp_id, pw in passwords.items():
+        text = text.replace(f'id = "{cp_id}"\n', f'id = "{cp_id}"\npassword = "{pw}"\n', 1)
     site_path = data_dir / "site.toml"
-    site_path.write_text(site_toml(site))
+    site_path.write_text(text)
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
     sargs = parser.parse_args(
@@ -182,7 +188,10 @@ async def _demo(args: argparse.Namespace, data_dir: Path) -> int:
         )
     fleet = Fleet.build(
         services.gateway.url,
-        [PointSpec(cp.id, phases=3, max_current_a=16.0, meter_interval_s=300.0) for cp in site.charge_points],
+        [
+            PointSpec(cp.id, phases=3, max_current_a=16.0, meter_interval_s=300.0, password=passwords[cp.id])
+            for cp in site.charge_points
+        ],
         by_point,
         clock=clock,
         reconnect_max_s=1.0,
