@@ -70,10 +70,6 @@ class SolveStatus(enum.Enum):
     """The solver failed; see ``message``."""
 
 
-#: Columns above which ``lp_solver="auto"`` solves the LP relaxation with the interior-point method.
-IPM_ABOVE_COLUMNS = 15_000
-
-
 @dataclass(frozen=True)
 class SolverOptions:
     """Options of one solve.
@@ -108,11 +104,12 @@ class SolverOptions:
         Branch-and-bound node limit of every HiGHS MIP run (the neighbourhood search and the
         whole model). Unlike a time limit it gives the same answer on a slower machine, so a
         simulation is reproducible; ``None`` = no limit.
-    lp_solver : {"auto", "simplex", "ipm"}
-        Algorithm of the LP relaxation. ``"auto"``: simplex up to :data:`IPM_ABOVE_COLUMNS`
-        columns, the interior-point method (with crossover) above: for a 1,000-point site (600
-        EVs x 36 steps) IPM took 2.8 s where simplex took 7.5 s (``bench/live_scale.py``), while
-        on small models simplex's warm starts between lazy-row rounds win.
+    lp_solver : {"simplex", "ipm"}
+        Algorithm of the LP relaxation: simplex (default; it warm-starts between the rounds of
+        lazy limit rows) or the interior-point method with crossover. IPM was faster on one live
+        snapshot (600 EVs x 36 steps: 2.6 s against 7.1 s) but slower on another (6.3 against
+        3.4 s) and 20 to 25 times slower on the 1,000-session districts of
+        ``bench/milp_scaling.py`` (56-73 s against 2.5-2.9 s).
     """
 
     time_limit_s: float = 60.0
@@ -125,11 +122,11 @@ class SolverOptions:
     branch_and_bound_time_s: float | None = None
     max_nodes: int | None = None
     neighbourhood_free_steps: int = 0
-    lp_solver: str = "auto"
+    lp_solver: str = "simplex"
 
     def __post_init__(self) -> None:
-        if self.lp_solver not in ("auto", "simplex", "ipm"):
-            raise ValueError(f"lp_solver: must be 'auto', 'simplex' or 'ipm', got {self.lp_solver!r}")
+        if self.lp_solver not in ("simplex", "ipm"):
+            raise ValueError(f"lp_solver: must be 'simplex' or 'ipm', got {self.lp_solver!r}")
         if self.method not in ("lp-repair", "mip"):
             raise ValueError(f"method: must be 'lp-repair' or 'mip', got {self.method!r}")
         if not self.time_limit_s > 0:
@@ -366,10 +363,8 @@ class _LazyLP:
         names = np.array(form.row_names)
         lazy = ((names == "limit") | (names == "reserve")) & lazy_rows
         self.h = _new_highs(opts)
-        if opts.lp_solver == "ipm" or (opts.lp_solver == "auto" and form.n_cols > IPM_ABOVE_COLUMNS):
+        if opts.lp_solver == "ipm":
             self.h.setOptionValue("solver", "ipm")
-        elif opts.lp_solver == "simplex":
-            self.h.setOptionValue("solver", "simplex")
         self.in_model = ~lazy
         self.a_csr = form.a.tocsr()
         _pass_model(self.h, form, semicontinuous=False, rows=np.nonzero(self.in_model)[0])

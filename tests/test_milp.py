@@ -906,6 +906,16 @@ def test_lamppost_district_150() -> None:
         assert result.schedule.total_energy_kwh >= baseline.total_energy_kwh
 
 
+def test_interior_point_lp_reaches_the_same_optimum_as_simplex() -> None:
+    problem = lamppost_district(40, seed=2)
+    simplex = solve_lp_relaxation(problem)
+    ipm = solve_lp_relaxation(problem, SolverOptions(lp_solver="ipm"))
+    assert ipm.ok and simplex.ok
+    assert ipm.objective_eur == pytest.approx(simplex.objective_eur, rel=1e-6, abs=1e-6)
+    with pytest.raises(ValueError, match="lp_solver"):
+        SolverOptions(lp_solver="barrier")
+
+
 def test_lazy_limit_rows_reach_the_whole_lp_optimum() -> None:
     problem = lamppost_district(80, seed=5)
     lazy = solve_lp_relaxation(problem)
