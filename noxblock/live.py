@@ -538,18 +538,27 @@ class GatewaySite:
             where[sid] = (cp_id, c)
         return Observation(tuple(evs), where, tuple(idle), inflexible)
 
+    def failsafe_a(self, charge_point_id: str) -> float | None:
+        """The limit [A] the point falls back to after its orders (see
+        :class:`scheduler.live.LiveSite`)."""
+        return self.gateway.failsafe_limit_a(charge_point_id)
+
     def _offline_limit_a(self, cp_id: str, connector: int, now: datetime) -> float:
         """The most an offline (or failing) connector may draw: the highest limit of the last
-        profiles it accepted (transaction and default) and its failsafe (its maximum if it has no
-        failsafe)."""
+        profiles it accepted from this process (transaction and default) and its failsafe; its
+        maximum if this process sent it nothing (or it has no failsafe)."""
         cp = self._cps[cp_id]
-        fallback = self.gateway.failsafe_limit_a(cp_id)
+        fallback = self.gateway.installed_failsafe_a(cp_id)
         fallback = cp.max_current_a if fallback is None else min(fallback, cp.max_current_a)
         try:
             state = self.gateway.central.point(cp_id)
             entries = [state.dispatched.get(connector), state.dispatched_default.get(connector)]
         except KeyError:
             entries = []
+        if not any(entries):
+            # Nothing sent by this process: what the point holds (an earlier run's plan, or no
+            # profile at all) may allow its maximum.
+            return cp.max_current_a
         limits = [
             p.limit
             if profile.rate_unit == "A"
@@ -617,7 +626,7 @@ class GatewaySite:
             cp = self._cps[cp_id]
             pilot = None if self.pilot_lookup is None else self.pilot_lookup(cp_id, c, now)
             if pilot is None:  # nothing sent yet: the point follows its failsafe, if it has one
-                pilot = self.gateway.failsafe_limit_a(cp_id)
+                pilot = self.gateway.installed_failsafe_a(cp_id)
             a = cp.max_current_a if pilot is None else min(pilot, cp.max_current_a)
             if a < cp.min_current_a:
                 a = 0.0
@@ -667,6 +676,8 @@ class GatewayDispatcher:
         #: Per point, orders not taken in a row, and since when it counts as failing.
         self._streak: dict[str, int] = {}
         self._failing_since: dict[str, datetime] = {}
+        #: Per connector, the failsafe its last order ends on (a new failsafe: sent again).
+        self._tails: dict[tuple[str, int], float | None] = {}
 
     def _failed(self, charge_point_id: str) -> None:
         self.failures += 1
@@ -713,7 +724,8 @@ class GatewayDispatcher:
             key = (o.charge_point_id, o.connector_id)
             if not gw.is_connected(o.charge_point_id):
                 return False
-            if not force and self._same(self.sent.get(key), o):
+            failsafe = gw.failsafe_limit_a(o.charge_point_id)  # the tail of the profile
+            if not force and self._tails.get(key, -1.0) == failsafe and self._same(self.sent.get(key), o):
                 return True
             verify_key = (o.charge_point_id, o.connector_id, o.session_id)
             async with sem:
@@ -731,18 +743,26 @@ class GatewayDispatcher:
                     self.sent.pop(key, None)
                     return False
             if result.status.value != "Accepted":
-                log.warning(
-                    "[%s] connector %d: %s %s", o.charge_point_id, o.connector_id,
+                copied = result.default_status is not None and result.default_status.value == "Accepted"
+                log.log(
+                    logging.INFO if copied else logging.WARNING,
+                    "[%s] connector %d: %s %s%s", o.charge_point_id, o.connector_id,
                     result.profile.purpose, result.status.value,
+                    "; its TxDefaultProfile copy taken (the transaction is over on the point?)"
+                    if copied else "",
                 )  # fmt: skip
-                self._failed(o.charge_point_id)
-                self.sent.pop(key, None)
-                return False
+                if not copied:
+                    self._failed(o.charge_point_id)
+                    self.sent.pop(key, None)
+                    return False
+                # No TxProfile of this plan is in force: the default copy is what the connector
+                # follows, for a transaction that ended there and for one still running.
             self._streak.pop(o.charge_point_id, None)
             self._failing_since.pop(o.charge_point_id, None)
             self.sent[key] = o
+            self._tails[key] = failsafe
             self.history[key].append((gw.clock(), o))
-            if o.session_id is not None:
+            if o.session_id is not None and result.status.value == "Accepted":
                 self._verified.add(verify_key)
             return True
 
@@ -804,6 +824,25 @@ class ServiceConditions:
         self.base_load = base_load
         self.signals = signals
         self.last_source = "site file"
+        #: Called with ``now`` before the conditions of each re-plan are read (the service keeps
+        #: the points' failsafes within the limits ahead there).
+        self.before_conditions: Callable[[datetime], None] | None = None
+
+    def lowest_ahead_a(self, now: datetime) -> np.ndarray:
+        """(3,) per phase the lowest limit at the connection from ``now`` on, for as long as we
+        know [A]: the site file's, every grid operator's block not yet over, and the OSCP
+        fallback capacity (what holds if the grid operator loses us). A failsafe must keep it:
+        it lasts as long as the service is gone."""
+        limit = np.broadcast_to(np.asarray(self.site.max_current_a, dtype=float), (3,)).copy()
+        if self.limits is not None:
+            for b in self.limits.schedule(self.site.id, now).blocks:
+                if b.end is None or b.end > now:
+                    limit = np.minimum(limit, b.max_current_a)
+        if self.oscp is not None:
+            fallback = self.oscp.oscp_state(now)["fallback_a"]
+            if fallback is not None:
+                limit = np.minimum(limit, float(fallback))
+        return limit
 
     def _floor_a(self, guaranteed_kw: np.ndarray, evs: Sequence[EVState]) -> np.ndarray:
         """(n, 3) per step and grid phase, the current the guaranteed power of every EV takes [A]
@@ -865,6 +904,8 @@ class ServiceConditions:
     def conditions(self, now: datetime, step: timedelta, n: int, observation: Observation) -> Conditions:
         from noxblock.limits import limits_series
 
+        if self.before_conditions is not None:
+            self.before_conditions(now)
         starts = [now + i * step for i in range(n)]
         site_limit = np.full(n, np.inf)
         guaranteed_kw = np.zeros(n)
@@ -909,6 +950,14 @@ class ServiceConditions:
             price=None if self.signals is None else _Column(self.signals, "price_eur_per_mwh"),
             co2=None if self.signals is None else _Column(self.signals, "co2_g_per_kwh"),
         )
+
+
+def base_load_max_a(base_load: Any | None) -> list[float] | None:
+    """(3,) the largest base load per phase of the site file [A], or None without one."""
+    if base_load is None:
+        return None
+    cols = [np.asarray(base_load.columns[c], dtype=float) for c in ("l1_a", "l2_a", "l3_a")]
+    return [float(np.nanmax(c)) if np.isfinite(c).any() else 0.0 for c in cols]
 
 
 def _ceil_tenth(a: np.ndarray) -> np.ndarray:
@@ -1012,6 +1061,10 @@ class Control:
         )
         self._limits = limits
         self.gateway = gateway
+        self.site = site
+        self._base_max_a = base_load_max_a(site_config.base_load)
+        self._failsafe_for: np.ndarray | None = None  # the lowest limit ahead the failsafes keep
+        self.conditions.before_conditions = self.update_failsafes
         self.started_at = gateway.clock()
         #: (time, measured (3,), limit (3,), planned load (3,) or None) [A], oldest first.
         self.samples: deque[tuple[datetime, np.ndarray, np.ndarray, np.ndarray | None]] = deque(maxlen=50_000)
@@ -1040,6 +1093,34 @@ class Control:
         loop = getattr(self, "loop", None)
         if loop is not None:
             loop.request(reason)
+
+    def update_failsafes(self, now: datetime) -> None:
+        """Keep every point's failsafe within the lowest limit ahead (a grid operator's cut, the
+        OSCP fallback): what a point falls back to when the service is gone must keep it too.
+        Back to the site file's failsafes once no lower limit is ahead."""
+        lowest = self.conditions.lowest_ahead_a(now)
+        if self._failsafe_for is not None and np.array_equal(lowest, self._failsafe_for):
+            return
+        first = self._failsafe_for is None
+        self._failsafe_for = lowest
+        site_a = np.broadcast_to(np.asarray(self.site.max_current_a, dtype=float), (3,))
+        caps: dict[str, float | None]
+        if (lowest >= site_a).all():
+            if first:
+                return  # the site file's failsafes hold
+            caps = dict.fromkeys((cp.id for cp in self.site.charge_points), None)
+        else:
+            from models.failsafe import failsafe_currents_a
+
+            tight = dataclasses.replace(self.site, max_current_a=tuple(float(x) for x in lowest))
+            caps = dict(failsafe_currents_a(tight, self._base_max_a))
+        changed = self.gateway.set_failsafe_caps(caps)
+        if changed:
+            log.info(
+                "failsafes of %d points for a limit of %s A ahead (e.g. %s %s A)",
+                len(changed), "/".join(f"{x:g}" for x in lowest), changed[0],
+                self.gateway.failsafe_limit_a(changed[0]),
+            )  # fmt: skip
 
     def _limit_changed(self, site: str, audit_id: int) -> None:
         if site == self.site.id:

@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import uvicorn
 
 from noxblock.api import API_PREFIX, create_app
@@ -444,12 +443,9 @@ def _failsafe_currents_a(loaded: Any) -> dict[str, float]:
     """Per point: the failsafe that keeps every limit of the site with every point at it, under
     the largest base load of the site file (``models.failsafe``)."""
     from models.failsafe import failsafe_currents_a
+    from noxblock.live import base_load_max_a
 
-    base = None
-    if loaded.base_load is not None:
-        cols = [loaded.base_load.columns[c] for c in ("l1_a", "l2_a", "l3_a")]
-        base = [float(np.nanmax(c)) if np.isfinite(c).any() else 0.0 for c in cols]
-    out = failsafe_currents_a(loaded.site, base)
+    out = failsafe_currents_a(loaded.site, base_load_max_a(loaded.base_load))
     log.info(
         "failsafe profiles: %s",
         ", ".join(f"{cp} {a:g} A" for cp, a in list(out.items())[:8]) + (", ..." if len(out) > 8 else ""),

@@ -273,6 +273,8 @@ class DispatchResult:
     profile: ChargingProfile
     composite_limit_a: float | None = None
     verified: bool | None = None
+    #: With ``also_default``: how the TxDefaultProfile copy was answered (None: not sent).
+    default_status: ChargingProfileStatus | None = None
 
 
 class _PointLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -336,6 +338,10 @@ class Gateway:
         self._credentials = CredentialCache()
         self._password_hashes: dict[str, str] = {}
         self._plans: dict[tuple[str, int], tuple[list[tuple[datetime, float]], datetime, int | None]] = {}
+        #: Per point, a cap on its failsafe below the configured one (a grid operator's lower
+        #: limit), and the failsafe limit each point last accepted [A].
+        self._failsafe_caps: dict[str, float] = {}
+        self._failsafe_installed: dict[str, float] = {}
         self._server: GatewayServer | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._stopped = False
@@ -1346,7 +1352,39 @@ class Gateway:
         known = self.config.known(charge_point_id)
         if known is not None and known.failsafe_current_a is not None:
             limit_a = min(limit_a, known.failsafe_current_a)
+        cap = self._failsafe_caps.get(charge_point_id)
+        return limit_a if cap is None else min(limit_a, cap)
+
+    def installed_failsafe_a(self, charge_point_id: str) -> float | None:
+        """The failsafe limit [A] the point last accepted from us; before that (or after a
+        restart of the service) the configured one, uncapped (what it may still hold)."""
+        if charge_point_id in self._failsafe_installed:
+            return self._failsafe_installed[charge_point_id]
+        limit_a = self.config.failsafe_current_a
+        known = self.config.known(charge_point_id)
+        if limit_a is not None and known is not None and known.failsafe_current_a is not None:
+            limit_a = min(limit_a, known.failsafe_current_a)
         return limit_a
+
+    def set_failsafe_caps(self, caps_a: dict[str, float | None]) -> list[str]:
+        """Cap points' failsafe limits [A] (None: no cap), e.g. while a grid operator's limit is
+        below the site file's; a connected point whose failsafe changes gets it at once (a
+        point offline gets it when it boots again). Returns the ids whose failsafe changed."""
+        if self.config.failsafe_current_a is None:
+            return []
+        changed = []
+        for cp_id, cap in caps_a.items():
+            before = self.failsafe_limit_a(cp_id)
+            if cap is None:
+                self._failsafe_caps.pop(cp_id, None)
+            else:
+                self._failsafe_caps[cp_id] = float(cap)
+            if self.failsafe_limit_a(cp_id) != before:
+                changed.append(cp_id)
+        for cp_id in changed:
+            if self.is_connected(cp_id):
+                self._spawn(self._install_failsafe_quietly(cp_id))
+        return changed
 
     async def install_failsafe(self, charge_point_id: str) -> ChargingProfileStatus:
         """Install the conservative failsafe profile on connector 0: the point's own
@@ -1368,6 +1406,8 @@ class Gateway:
         status = await self.set_charging_profile(charge_point_id, 0, profile)
         if status != ChargingProfileStatus.accepted:
             log.warning("[%s] failsafe profile %s", charge_point_id, status.value)
+        else:
+            self._failsafe_installed[charge_point_id] = limit_a
         return status
 
     async def _install_failsafe_quietly(self, charge_point_id: str) -> None:
@@ -1415,13 +1455,15 @@ class Gateway:
             # StopTransaction reached us rejects a TxProfile for it, and then only its default
             # profile bounds what the next EV draws.
             try:
-                await self._dispatch(
+                copy = await self._dispatch(
                     charge_point_id, connector_id, list(plan), end, phases, False, default=True
                 )
             except GatewayError as e:
                 if result.status == ChargingProfileStatus.accepted:
                     raise
                 log.warning("[%s] default copy of a rejected plan failed: %s", charge_point_id, e)
+            else:
+                result = replace(result, default_status=copy.status)
         return result
 
     async def _redispatch(self, charge_point_id: str, connector_id: int) -> None:

@@ -36,7 +36,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -91,6 +91,9 @@ class LiveSite(Protocol):
     """The site now: who is plugged in, what they want, which points cannot be steered."""
 
     def observe(self, now: datetime) -> Observation: ...
+
+    # Optional: ``failsafe_a(charge_point_id) -> float | None``, the limit [A] a point falls
+    # back to after its orders end (and holds before its first); unknown counts as 0 A.
 
 
 class ConditionsSource(Protocol):
@@ -564,24 +567,37 @@ class ControlLoop:
                     solve_s=plan.solve_s, status=plan.status, gap=plan.gap,
                 )  # fmt: skip
         orders = self._orders(obs, snapshot, plan)
-        downs = [o for o in orders if self._lowers(o)]
-        ups = [o for o in orders if not self._lowers(o)]
-        dispatched = 0
-        if downs:
-            dispatched += await self.dispatcher.dispatch(downs, force=force)
+        # Two rounds, so that the points hold limits within every limit at every moment, even if
+        # the service dies between them: first each order that lowers anywhere, as the lower of
+        # old and new (an order that only lowers goes whole); then the others and the rest of
+        # those, which only raise. See :meth:`_split`.
+        first: list[Order] = []
+        second: list[Order] = []
+        whole_first = 0
+        for o in orders:
+            clamp, raises = self._split(o)
+            if clamp is not None:
+                first.append(clamp)
+                whole_first += clamp is o
+            if raises:
+                second.append(o)
+        taken = 0
+        if first:
+            taken = await self.dispatcher.dispatch(first, force=force)
+        dispatched = min(taken, whole_first)
         held = 0
-        if ups and dispatched < len(downs):
+        if second and taken < len(first):
             # A point that was to give up current did not take its order: it still draws what it
-            # had, so the others must not get theirs yet. Their old orders stay; the failed
+            # had, so the others must not get more yet. Their old orders stay; the failed
             # points are sent theirs again at a re-plan soon.
-            held = len(ups)
+            held = len(second)
             log.warning(
                 "%d of %d lowering orders not taken: %d raising orders held back; re-plan soon",
-                len(downs) - dispatched, len(downs), held,
+                len(first) - taken, len(first), held,
             )  # fmt: skip
             self.request("orders not taken")
-        elif ups:
-            dispatched += await self.dispatcher.dispatch(ups, force=force)
+        elif second:
+            dispatched += await self.dispatcher.dispatch(second, force=force)
         old = self.orders
         self.orders = {(o.charge_point_id, o.connector_id): o for o in orders}
         if held:  # which lowering ones took is not known: the next re-plan sends them first again
@@ -655,23 +671,42 @@ class ControlLoop:
             b = _bounds(now, end, step, fine_end, coarse * max(1, k))
         return TimeGrid(tuple(b)), moved
 
-    def _lowers(self, order: Order) -> bool:
-        """Whether ``order`` allows nowhere more than the connector's last order: at no time
-        before its end (after the last order's end, that allowed 0 A as far as we know). A new
-        connector's order counts as lowering (what it had is not ours to know)."""
-        old = self.orders.get((order.charge_point_id, order.connector_id))
-        if old is None:
-            return True
+    def _split(self, order: Order) -> tuple[Order | None, bool]:
+        """(what to send in the first round, whether ``order`` must go in the second).
+
+        Compared with what the connector holds: its last order before that order's end, its
+        failsafe after it and where it never had one (a point that was inflexible or offline;
+        the other points' last orders were planned around exactly that). An order that allows
+        nowhere more goes whole in the first round; one that allows nowhere less, in the second;
+        one that does both, as the lower of the two in the first round and whole in the second.
+        """
+        failsafe = getattr(self.live, "failsafe_a", None)
+        fs = (failsafe(order.charge_point_id) if failsafe is not None else None) or 0.0
         t_new = np.array([t.timestamp() for t, _ in order.plan])
         v_new = np.array([a for _, a in order.plan])
-        t_old = np.array([t.timestamp() for t, _ in old.plan])
-        v_old = np.array([a for _, a in old.plan])
-        times = np.union1d(t_new, t_old[t_old > t_new[0]])
-        times = times[times < order.end.timestamp()]
-        a_new = v_new[np.searchsorted(t_new, times, side="right") - 1]
-        i_old = np.searchsorted(t_old, times, side="right") - 1
-        a_old = np.where((i_old >= 0) & (times < old.end.timestamp()), v_old[np.maximum(i_old, 0)], 0.0)
-        return bool(np.all(a_new <= a_old + 1e-9))
+        old = self.orders.get((order.charge_point_id, order.connector_id))
+        if old is None:
+            times, a_new, a_old = t_new, v_new, np.full(len(t_new), fs)
+        else:
+            t_old = np.array([t.timestamp() for t, _ in old.plan])
+            v_old = np.array([a for _, a in old.plan])
+            times = np.union1d(t_new, t_old[t_old > t_new[0]])
+            times = times[times < order.end.timestamp()]
+            a_new = v_new[np.searchsorted(t_new, times, side="right") - 1]
+            i_old = np.searchsorted(t_old, times, side="right") - 1
+            a_old = np.where((i_old >= 0) & (times < old.end.timestamp()), v_old[np.maximum(i_old, 0)], fs)
+        raises = bool(np.any(a_new > a_old + 1e-9))
+        if not raises:
+            return order, False
+        if not np.any(a_new < a_old - 1e-9):
+            return None, True
+        low = np.minimum(a_new, a_old)
+        keep = np.concatenate(([True], low[1:] != low[:-1]))  # one interval per change
+        when = {t.timestamp(): t for t, _ in order.plan}
+        if old is not None:
+            when.update((t.timestamp(), t) for t, _ in old.plan)
+        plan = tuple((when[float(t)], float(a)) for t, a in zip(times[keep], low[keep], strict=True))
+        return replace(order, plan=plan), True
 
     async def _plan(
         self, now: datetime, obs: Observation, conditions: Conditions, grid: TimeGrid

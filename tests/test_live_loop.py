@@ -541,3 +541,52 @@ async def test_many_evs_get_fewer_longer_steps_ahead_but_the_first_ones_stay_sho
     assert list(steps[:4]) == [300.0] * 4  # the control interval first
     assert (steps[4:] > 300.0).all() and (steps[4:] % 300.0 == 0).all()
     assert_orders_keep(loop, 40.0)
+
+
+class StepPolicy:
+    """Per EV, a pilot per step (the last one repeated)."""
+
+    name = "steps"
+    horizon_needed = True
+
+    def __init__(self, pilots: dict[str, list[float]]) -> None:
+        self.pilots = pilots
+
+    def plan(self, snapshot: Snapshot) -> Plan:
+        ids = tuple(ev.session_id for ev in snapshot.evs)
+        t = snapshot.grid.n_steps
+        rows = [(self.pilots[s] + [self.pilots[s][-1]] * t)[:t] for s in ids]
+        return Plan(snapshot.grid, ids, np.array(rows, dtype=float).reshape(len(ids), t), self.name)
+
+
+@pytest.mark.asyncio
+async def test_an_order_that_lowers_now_and_raises_later_goes_out_in_two_rounds() -> None:
+    policy = StepPolicy({"a": [16.0, 6.0], "b": [6.0, 16.0]})
+    loop, dispatcher, _ = make_loop(policy, 32.0)
+    await loop.replan("interval")
+    # Swapped: each lowers at one step and raises at the other.
+    policy.pilots = {"a": [6.0, 16.0], "b": [16.0, 6.0]}
+    await loop.replan("event")
+    (first, _), (second, _) = dispatcher.calls[1:]
+    clamps = {o.charge_point_id: o for o in first}
+    for cp in ("P1", "P2"):  # the lower of old and new: 6 A at both steps
+        assert [_at_a(clamps[cp], T0 + i * STEP) for i in range(2)] == [6.0, 6.0]
+    assert {o.charge_point_id for o in second} >= {"P1", "P2"}
+    # Whenever the service stops -- after the first round or the second -- what the points
+    # hold keeps the limit at every step.
+    held = {(o.charge_point_id, o.connector_id): o for o in dispatcher.calls[0][0]}
+    for batch, _ in dispatcher.calls[1:]:
+        held.update({(o.charge_point_id, o.connector_id): o for o in batch})
+        step_s = np.array(
+            [sum(_at_a(o, T0 + i * STEP) for o in held.values()) for i in range(4)]  # all 3-phase
+        )
+        assert (step_s <= 32.0 + 1e-6).all(), step_s
+    assert loop.orders[("P1", 1)].plan[0][1] == 6.0 and loop.orders[("P2", 1)].plan[0][1] == 16.0
+
+
+def _at_a(order: Order, t: datetime) -> float:
+    out = 0.0
+    for s, a in order.plan:
+        if s <= t:
+            out = a
+    return out if t < order.end else 0.0

@@ -377,3 +377,51 @@ async def test_a_grid_operator_limit_reaches_every_point_without_the_clock_movin
         if minute % 5 == 0:
             await ctl.loop.replan("interval")
         assert (phase_load_a(fleet, clock.now())[0] <= 20.0 + 1e-6).all()
+
+
+def failsafes_a(fleet: Fleet) -> dict[str, float]:
+    """Per point, the limit of its stack-level-0 (failsafe) profile [A]."""
+    out = {}
+    for cp_id, *_ in POINTS:
+        for i in fleet[cp_id].profiles.installed:
+            if i.profile.stack_level == 0:
+                out[cp_id] = i.profile.periods[0].limit
+    return out
+
+
+async def test_failsafes_follow_a_grid_operators_cut_and_come_back_after_it(world) -> None:
+    svc, fleet, clock = world
+    ctl = svc.services.control
+    gw = svc.services.gateway
+    await wait_for(lambda: len(gw.connected_ids()) == len(POINTS))
+    await wait_for(lambda: len(failsafes_a(fleet)) == len(POINTS))
+    assert set(failsafes_a(fleet).values()) == {10.0}  # 50 A over five points on L2
+    token = make_token(svc, "grid-operator", "lippe")
+    now = clock.now()
+    body = {
+        "blocks": [
+            {
+                "start": now.isoformat(),
+                "end": (now + timedelta(minutes=30)).isoformat(),
+                "max_current_a": 30.0,
+            }
+        ]
+    }
+    async with httpx.AsyncClient(base_url=svc.services.api_url) as http:
+        r = await http.put("/sites/lippe/limits", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code in (200, 204), r.text
+    # 30 A over five points on L2: 6 A each, kept by what every point falls back to.
+    await wait_for(lambda: set(failsafes_a(fleet).values()) == {6.0})
+    assert clock.now() == now
+    for minute in range(1, 40):
+        await clock.advance(60)
+        if minute % 5 == 0:
+            await ctl.loop.replan("interval")
+        if minute < 30:
+            check_limits_below(fleet, clock.now(), 30.0)
+    await wait_for(lambda: set(failsafes_a(fleet).values()) == {10.0})
+
+
+def check_limits_below(fleet: Fleet, at: datetime, limit_a: float) -> None:
+    site, _ = phase_load_a(fleet, at)
+    assert (site <= limit_a + 1e-6).all(), f"site {site} A over {limit_a} A at {at}:\n{dump(fleet, at)}"
