@@ -22,7 +22,7 @@ every transaction runs and the event re-plans they cause are done. Then, measure
 2. **event re-plan**: ``replan("event")`` right after, unchanged orders skipped.
 3. **grid-operator cut**: ``PUT /api/v1/sites/{site}/limits`` (httpx, a grid-operator bearer
    token) with ``--cut`` times the site limit, from now on; wall seconds from the PUT until every
-   simulated point's own profile store (``point.profiles.limit_a`` at the clock's time) allows in
+   simulated point's own profile store (``point.allowed_a`` at the clock's time) allows in
    sum no more than the new limit on each phase (polled every ``--poll-s``). The clock does not
    move.
 
@@ -179,13 +179,7 @@ def allowed_site_a(fleet: Fleet, points: list[PointInfo], at: datetime) -> np.nd
         point = fleet[info.id]
         conn = point.connectors[1]
         tx = conn.tx
-        limit = point.profiles.limit_a(
-            1,
-            at,
-            transaction_id=None if tx is None else tx.transaction_id,
-            tx_start=None if tx is None else tx.start,
-            phases=conn.ev_phases,
-        )
+        limit = point.allowed_a(1, at)
         a = MAX_A if limit is None else min(limit, MAX_A)
         if a < MIN_A:
             continue

@@ -881,6 +881,19 @@ class SimulatedChargePoint:
         """Current per phase the EV on a connector draws now [A]."""
         return self.connectors[connector_id].draw_a
 
+    def allowed_a(self, connector_id: int, at: datetime) -> float | None:
+        """The per-phase limit [A] this point's profiles set at ``at`` for its connector: for the
+        transaction running there, else for one that would start; None: unlimited."""
+        conn = self.connectors[connector_id]
+        tx = conn.tx
+        return self.profiles.limit_a(
+            connector_id,
+            at,
+            transaction_id=None if tx is None else tx.transaction_id,
+            tx_start=None if tx is None else tx.start,
+            phases=conn.ev_phases,
+        )
+
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         """Start connecting and replaying sessions (returns at once; see :meth:`wait_until`)."""

@@ -174,16 +174,7 @@ class Running:
 
     def told_a(self, cp_id: str, at: datetime) -> float:
         """What a point's profiles allow its connector 1 at ``at`` (its maximum without one) [A]."""
-        point = self.fleet[cp_id]
-        conn = point.connectors[1]
-        tx = conn.tx
-        limit = point.profiles.limit_a(
-            1,
-            at,
-            transaction_id=None if tx is None else tx.transaction_id,
-            tx_start=None if tx is None else tx.start,
-            phases=conn.ev_phases,
-        )
+        limit = self.fleet[cp_id].allowed_a(1, at)
         a = MAX_A if limit is None else min(limit, MAX_A)
         return a if a >= 6.0 else 0.0
 

@@ -124,14 +124,7 @@ async def until(cond: Any) -> None:
 
 
 def told_a(fleet: Fleet, cp_id: str, at: datetime) -> float:
-    conn = fleet[cp_id].connectors[1]
-    tx = conn.tx
-    limit = fleet[cp_id].profiles.limit_a(
-        1,
-        at,
-        transaction_id=None if tx is None else tx.transaction_id,
-        tx_start=None if tx is None else tx.start,
-    )
+    limit = fleet[cp_id].allowed_a(1, at)
     return 16.0 if limit is None else min(limit, 16.0)
 
 

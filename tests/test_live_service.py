@@ -99,14 +99,7 @@ def phase_load_a(fleet: Fleet, at: datetime) -> tuple[np.ndarray, np.ndarray]:
     for cp_id, group, phases, rotation in POINTS:
         point = fleet[cp_id]
         conn = point.connectors[1]
-        tx = conn.tx
-        limit = point.profiles.limit_a(
-            1,
-            at,
-            transaction_id=None if tx is None else tx.transaction_id,
-            tx_start=None if tx is None else tx.start,
-            phases=conn.ev_phases,
-        )
+        limit = point.allowed_a(1, at)
         a = 16.0 if limit is None else min(limit, 16.0)
         if a < 6.0:
             a = 0.0
@@ -206,15 +199,8 @@ def make_token(svc: Service, role: str, site: str | None = None) -> str:
 def dump(fleet: Fleet, at: datetime) -> str:
     out = []
     for cp_id, *_ in POINTS:
-        conn = fleet[cp_id].connectors[1]
-        tx = conn.tx
-        lim = fleet[cp_id].profiles.limit_a(
-            1,
-            at,
-            transaction_id=None if tx is None else tx.transaction_id,
-            tx_start=None if tx is None else tx.start,
-            phases=conn.ev_phases,
-        )
+        tx = fleet[cp_id].connectors[1].tx
+        lim = fleet[cp_id].allowed_a(1, at)
         out.append(
             f"{cp_id} tx={None if tx is None else tx.transaction_id} limit={lim} "
             + str(
