@@ -21,8 +21,10 @@ One re-plan (:meth:`ControlLoop.replan`):
    under the point's minimum -- so a newly plugged EV may start at once and the sum of every
    limit a point has been given keeps every node's limit at every step, even if this process
    vanishes in the middle of the plan;
-5. the orders go out: those that lower a connector's current limit first, then the others, so
-   the site is never above its limit in between.
+5. the orders go out in two rounds: first every order that lowers a connector's limit at any
+   time (as the lower of old and new where it also raises one), then the raising ones -- held
+   back while a lowering one was not taken -- so what the points hold keeps every limit at
+   every moment, whenever this process stops (:meth:`ControlLoop._split`).
 
 :class:`ControlLoop` runs the periodic re-plan on ``apscheduler``; :meth:`ControlLoop.request`
 asks for an extra one after a short debounce (bursts of events coalesce into one).
