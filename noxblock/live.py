@@ -708,12 +708,8 @@ class GatewayDispatcher:
             return False
         if old.end != new.end or old.plan[0][0] > new.plan[0][0]:
             return False  # every order a point keeps must run out at the same time
-        t_old, v_old = _arrays(old)
-        t_new, v_new = _arrays(new)
-        times = np.union1d(t_new, t_old[t_old >= t_new[0]])
-        times = times[times < new.end.timestamp()]
-        a_old = v_old[np.searchsorted(t_old, times, side="right") - 1]
-        a_new = v_new[np.searchsorted(t_new, times, side="right") - 1]
+        times = new.times_with_s(old)
+        a_old, a_new = old.limits_at_a(times), new.limits_at_a(times)
         return bool(np.array_equal(np.floor(a_old * 10.0 + 1e-6), np.floor(a_new * 10.0 + 1e-6)))
 
     async def dispatch(self, orders: Sequence[Order], *, force: bool) -> int:
@@ -784,14 +780,6 @@ class GatewayDispatcher:
                     return _at(order, at)
                 return None
         return None
-
-
-def _arrays(order: Order) -> tuple[np.ndarray, np.ndarray]:
-    """(interval starts [epoch s], limits [A]) of an order."""
-    return (
-        np.fromiter((t.timestamp() for t, _ in order.plan), float, len(order.plan)),
-        np.fromiter((a for _, a in order.plan), float, len(order.plan)),
-    )
 
 
 def _at(order: Order, t: datetime) -> float:

@@ -128,6 +128,26 @@ class Order:
         """The limit of the first interval [A]."""
         return self.plan[0][1]
 
+    def starts_s(self) -> np.ndarray:
+        """Interval starts [epoch s]."""
+        return np.fromiter((t.timestamp() for t, _ in self.plan), float, len(self.plan))
+
+    def limits_at_a(self, times_s: np.ndarray, outside_a: float = 0.0) -> np.ndarray:
+        """The limit [A] in force at each of ``times_s`` [epoch s]; ``outside_a`` before the first
+        interval and from ``end`` on."""
+        values = np.fromiter((a for _, a in self.plan), float, len(self.plan))
+        i = np.searchsorted(self.starts_s(), times_s, side="right") - 1
+        inside = (i >= 0) & (times_s < self.end.timestamp())
+        return np.where(inside, values[np.maximum(i, 0)], outside_a)
+
+    def times_with_s(self, other: Order) -> np.ndarray:
+        """The interval starts of both orders from this one's start to its end [epoch s]: where
+        either may change."""
+        mine = self.starts_s()
+        theirs = other.starts_s()
+        times = np.union1d(mine, theirs[theirs > mine[0]])
+        return times[times < self.end.timestamp()]
+
 
 class Dispatcher(Protocol):
     """Sends orders to the points; answers how many were taken."""
@@ -684,19 +704,10 @@ class ControlLoop:
         """
         failsafe = getattr(self.live, "failsafe_a", None)
         fs = (failsafe(order.charge_point_id) if failsafe is not None else None) or 0.0
-        t_new = np.array([t.timestamp() for t, _ in order.plan])
-        v_new = np.array([a for _, a in order.plan])
         old = self.orders.get((order.charge_point_id, order.connector_id))
-        if old is None:
-            times, a_new, a_old = t_new, v_new, np.full(len(t_new), fs)
-        else:
-            t_old = np.array([t.timestamp() for t, _ in old.plan])
-            v_old = np.array([a for _, a in old.plan])
-            times = np.union1d(t_new, t_old[t_old > t_new[0]])
-            times = times[times < order.end.timestamp()]
-            a_new = v_new[np.searchsorted(t_new, times, side="right") - 1]
-            i_old = np.searchsorted(t_old, times, side="right") - 1
-            a_old = np.where((i_old >= 0) & (times < old.end.timestamp()), v_old[np.maximum(i_old, 0)], fs)
+        times = order.starts_s() if old is None else order.times_with_s(old)
+        a_new = order.limits_at_a(times)
+        a_old = np.full(len(times), fs) if old is None else old.limits_at_a(times, outside_a=fs)
         raises = bool(np.any(a_new > a_old + 1e-9))
         if not raises:
             return order, False
